@@ -1,0 +1,216 @@
+"""The command line: parse, call one function, map FleetshardError to a message and an exit code.
+
+Heavy modules (asyncssh, rich) are imported inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from . import __version__
+from .errors import FleetshardError
+
+app = typer.Typer(
+    name="fleetshard",
+    help="Split a slow test suite across the machines you can SSH into.\n\n"
+         "Exit codes: 0 all passed, 1 tests failed, 2 usage or configuration error, "
+         "3 infrastructure failure, 130 interrupted.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Strategy(StrEnum):
+    static = "static"
+    dynamic = "dynamic"
+
+
+InventoryOpt = Annotated[Path | None, typer.Option(
+    "-i", "--inventory", help="Inventory file [default: ./machines.yaml, or $FLEETSHARD_INVENTORY].",
+    show_default=False)]
+MachinesOpt = Annotated[str | None, typer.Option(
+    "-m", "--machines", help="Only these machines: comma-separated names or tags.")]
+AcceptOpt = Annotated[bool, typer.Option(
+    "--accept-new-host-keys", help="Record host keys of machines not yet in known_hosts "
+    "(a changed key is always refused).")]
+
+
+def _fail(error: FleetshardError) -> NoReturn:
+    typer.echo(f"fleetshard: error: {error}", err=True)
+    raise typer.Exit(error.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleetshard {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Split a slow test suite across the machines you can SSH into."""
+
+
+@app.command()
+def health(
+    inventory: InventoryOpt = None,
+    machines: MachinesOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    accept_new_host_keys: AcceptOpt = False,
+) -> None:
+    """Probe every machine at once: cores, load, memory, disk, latency. Exit 3 if any is unhealthy."""
+    from .health import health_command
+    from .inventory import load_inventory, select_machines
+
+    try:
+        inv = load_inventory(inventory)
+        code = health_command(inv, select_machines(inv, machines), as_json=as_json,
+                              accept_new_host_keys=accept_new_host_keys)
+    except FleetshardError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    inventory: InventoryOpt = None,
+    machines: MachinesOpt = None,
+    max_retries: Annotated[int | None, typer.Option(
+        "--max-retries", min=0, help="Retries of a shard after infrastructure failures [default: 2].")] = None,
+    strategy: Annotated[Strategy | None, typer.Option(
+        "--strategy", help="static: shards split by slots up front; dynamic: a queue [default: dynamic].")]
+        = None,
+    shards: Annotated[int | None, typer.Option("--shards", min=1, help="Number of shards [default: auto].")]
+        = None,
+    skip_health_checks: Annotated[bool, typer.Option("--skip-health-checks",
+                                                     help="Do not probe machines first.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first test failure.")] = False,
+    retry_failed_tests: Annotated[int, typer.Option(
+        "--retry-failed-tests", min=0, help="Rerun a shard whose tests failed up to N times (flaky).")] = 0,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1,
+                                                  help="Per-shard timeout in seconds.")] = None,
+    speculate: Annotated[bool, typer.Option(
+        "--speculate", help="Run backup copies of stragglers on idle faster machines.")] = False,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write the merged JUnit XML here.")] = None,
+    json_report: Annotated[Path | None, typer.Option("--json-report", help="Write a JSON report here.")]
+        = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")] = None,
+    no_live: Annotated[bool, typer.Option("--no-live", help="Plain progress lines, even in a terminal.")]
+        = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Print every output line, tagged.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only failures and the verdict.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail.")] = False,
+    resume: Annotated[str | None, typer.Option("--resume", help="Run only what did not pass in RUN.")]
+        = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
+    commit: Annotated[str | None, typer.Option("--commit", help="FLEETSHARD_COMMIT [default: git HEAD].")]
+        = None,
+    notify: Annotated[str | None, typer.Option("--notify", help="POST a JSON summary to this URL.")] = None,
+    accept_new_host_keys: AcceptOpt = False,
+) -> None:
+    """Run the suite in shards across the machines. Anything after `--` replaces suite.command."""
+    from .inventory import load_inventory
+    from .runner import RunOptions, run_command
+
+    try:
+        inv = load_inventory(inventory)
+        opts = RunOptions(
+            selector=machines, max_retries=max_retries, strategy=strategy.value if strategy else None,
+            shards=shards, skip_health_checks=skip_health_checks, fail_fast=fail_fast,
+            retry_failed_tests=retry_failed_tests, timeout=timeout, speculate=speculate, junit=junit,
+            json_report=json_report, html=html, live=False if no_live else None, stream=stream,
+            quiet=quiet, verbose=verbose, resume=resume, dry_run=dry_run, commit=commit, notify=notify,
+            accept_new_host_keys=accept_new_host_keys, command=_extra_command(ctx.args),
+            argv=tuple(sys.argv[1:]))
+        code = run_command(inv, opts)
+    except FleetshardError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+def _extra_command(args: list[str]) -> str | None:
+    from .errors import UsageError
+
+    from .suite import command_from_argv
+
+    if not args:
+        return None
+    if "--" not in sys.argv:
+        raise UsageError(f"unexpected argument {args[0]!r} (put a test command after `--`)")
+    return command_from_argv(args)
+
+
+@app.command()
+def plan(
+    inventory: InventoryOpt = None,
+    machines: MachinesOpt = None,
+    strategy: Annotated[Strategy | None, typer.Option("--strategy")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", min=1)] = None,
+    skip_health_checks: Annotated[bool, typer.Option(
+        "--skip-health-checks", help="Do not probe machines (slots must then be set in the inventory).")]
+        = False,
+    accept_new_host_keys: AcceptOpt = False,
+) -> None:
+    """Show which machine gets which shard, the expected makespan and its lower bound. Runs nothing."""
+    from .inventory import load_inventory
+    from .runner import RunOptions, run_command
+
+    try:
+        inv = load_inventory(inventory)
+        code = run_command(inv, RunOptions(selector=machines, strategy=strategy.value if strategy else None,
+                                           shards=shards, skip_health_checks=skip_health_checks,
+                                           dry_run=True, accept_new_host_keys=accept_new_host_keys))
+    except FleetshardError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def history(
+    inventory: InventoryOpt = None,
+    limit: Annotated[int, typer.Option("-n", "--limit", min=1, help="How many runs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent runs: id, when, duration, passed / failed / flaky, machines, exit code."""
+    from .inventory import load_inventory
+    from .report import history_command
+
+    try:
+        code = history_command(load_inventory(inventory), limit=limit, as_json=as_json)
+    except FleetshardError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    run_id: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id [default: the latest].")]
+        = None,
+    inventory: InventoryOpt = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
+) -> None:
+    """A run's summary in the terminal, or as an HTML page with a per-machine timeline."""
+    from .inventory import load_inventory
+    from .report import report_command
+
+    try:
+        code = report_command(load_inventory(inventory), run_id, html=html)
+    except FleetshardError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

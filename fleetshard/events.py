@@ -1,0 +1,122 @@
+"""Events: everything that happens during a run, as frozen values on one queue.
+
+The transports and the runner turn what happens on machines into these events; the scheduler
+decides on them, and the progress renderers, result writers and history subscribe to them.
+Every event carries ``at``, a monotonic timestamp in seconds taken by the runner's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Outcome, Shard
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    name: str
+    slots: int
+    speed: float
+    status: str = "healthy"           # healthy | unhealthy | unreachable | drained | lost
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    machines: tuple[MachineInfo, ...]
+    shards: tuple[Shard, ...]
+    strategy: str
+    expected_makespan: float | None   # seconds, from the plan; None when durations are unknown
+    lower_bound: float | None
+    log_dir: str
+    at: float
+
+
+@dataclass(frozen=True)
+class ShardStarted:
+    machine: str
+    shard: Shard
+    attempt: int                      # 1-based attempt number of this shard
+    command: str                      # the command as run (for logs and reports)
+    log_path: str
+    at: float
+    speculative: bool = False
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    machine: str
+    shard_id: str
+    attempt: int
+    line: str
+    at: float
+    stream: str = "stdout"
+
+
+@dataclass(frozen=True)
+class ShardFinished:
+    machine: str
+    shard: Shard
+    attempt: int
+    outcome: Outcome
+    exit_status: int | None           # None when the process never reported one (lost, killed)
+    signal: str | None
+    reason: str                       # human explanation, "" when passed
+    started_at: float
+    at: float
+    log_path: str
+    tail: tuple[str, ...] = ()        # last lines of output, for failure announcements
+    speculative: bool = False
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.at - self.started_at)
+
+
+@dataclass(frozen=True)
+class ShardRetrying:
+    shard: Shard
+    next_attempt: int
+    after_s: float
+    avoid: str | None
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class ShardNotRun:
+    shard: Shard
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    """A machine changed status: drained, lost, unhealthy, recovered."""
+
+    machine: str
+    status: str                       # healthy | degraded | drained | lost | unhealthy
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A one-line message for the user (setup output, warnings)."""
+
+    text: str
+    at: float
+    level: str = "info"               # info | warning | error
+    machine: str | None = None
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    exit_code: int
+    at: float
+    summary: dict[str, int] = field(default_factory=dict)
+
+
+Event = (RunStarted | ShardStarted | OutputLine | ShardFinished | ShardRetrying | ShardNotRun
+         | MachineStatus | Notice | RunFinished)

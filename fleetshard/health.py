@@ -1,0 +1,67 @@
+"""`fleetshard health`: probe every selected machine at once and show the verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from .inventory import Inventory, Machine
+from .model import EXIT_INFRA, EXIT_OK
+from .probes import HealthReport, probe_all
+from .transport import Transport, transport_for
+
+
+async def check(inv: Inventory, machines: Sequence[Machine], *, accept_new_host_keys: bool = False
+                ) -> list[HealthReport]:
+    transports: dict[str, Transport] = {m.name: transport_for(m, accept_new_host_keys=accept_new_host_keys)
+                                        for m in machines}
+    try:
+        return await probe_all(machines, transports, inv.health)
+    finally:
+        await asyncio.gather(*(t.close() for t in transports.values()))
+
+
+def _fmt(value: float | None, fmt: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, fmt) + suffix
+
+
+def render_table(reports: Sequence[HealthReport], out: TextIO | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out or sys.stdout, highlight=False)
+    table = Table(title="fleetshard health", title_justify="left")
+    for col, justify in (("machine", "left"), ("status", "left"), ("address", "left"), ("cores", "right"),
+                         ("slots", "right"), ("load", "right"), ("mem used", "right"),
+                         ("disk free", "right"), ("os/arch", "left"), ("connect", "right"),
+                         ("latency", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    style = {"healthy": "green", "unhealthy": "yellow", "unreachable": "red"}
+    for r in reports:
+        table.add_row(
+            r.machine, f"[{style[r.status]}]{r.status}[/]", r.address, _fmt(r.cores, "d"),
+            _fmt(r.slots, "d"), _fmt(r.load1, ".2f"), _fmt(r.mem_used_pct, ".1f", "%"),
+            _fmt(r.disk_free_pct, ".1f", "%"), f"{r.os}/{r.arch}" if r.os else "-",
+            _fmt(None if r.connect_s is None else r.connect_s * 1000, ".0f", " ms"),
+            _fmt(r.latency_ms, ".1f", " ms"))
+    console.print(table)
+    for r in reports:
+        for reason in r.reasons:
+            console.print(f"[{style[r.status]}]{r.machine}[/]: {reason}", markup=True, soft_wrap=True)
+    healthy = sum(r.healthy for r in reports)
+    console.print(f"{healthy}/{len(reports)} machines healthy")
+
+
+def health_command(inv: Inventory, machines: Sequence[Machine], *, as_json: bool,
+                   accept_new_host_keys: bool) -> int:
+    reports = asyncio.run(check(inv, machines, accept_new_host_keys=accept_new_host_keys))
+    if as_json:
+        json.dump({"machines": [r.as_dict() for r in reports],
+                   "healthy": all(r.healthy for r in reports)}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render_table(reports)
+    return EXIT_OK if all(r.healthy for r in reports) else EXIT_INFRA

@@ -1,0 +1,377 @@
+"""Pure planning: expected durations, shards, static assignment, lower bound and a simulated makespan.
+
+Nothing here does I/O, reads a clock or draws random numbers: the same inputs give the same plan.
+
+Durations are seconds on a speed-1.0 machine. A shard of expected ``e`` takes ``e / speed + startup``
+on a machine (``MachineSlots.startup`` is the fixed cost each shard pays there before its first test).
+
+File mode (``build_shards``):
+
+* an explicit shard count gives exactly that many shards, balanced by expected duration (LPT bin packing);
+* ``auto`` with the dynamic strategy batches files by guided self-scheduling: the largest files go first,
+  each batch is about ``remaining work / (k × total slots)`` (k = 2), so shards shrink towards the end of
+  the queue and the last ones fill the gaps; with a known start-up cost, no batch is made much smaller than
+  a few start-ups' worth of work;
+* ``auto`` with the static strategy makes one shard per slot, sized to the slot's machine speed.
+
+Native mode (``native_shards``): the suite's own ``--shard={shard}/{total}``; fleetshard only picks the count.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+from .model import MachineSlots, Shard
+
+Strategy = Literal["static", "dynamic"]
+EstimateSource = Literal["history", "filesize", "uniform"]
+
+GSS_K = 2.0                 # batch ≈ remaining work / (GSS_K × total slots)
+STARTUP_FACTOR = 3.0        # with a known start-up cost, batches of at least this many start-ups of work
+NATIVE_DYNAMIC_CAP = 64     # auto native shard count for the dynamic strategy: 2 × slots, at most this ...
+                            # ... unless there are more slots than that (then one per slot)
+
+
+# --------------------------------------------------------------------------------------------- estimates
+
+@dataclass(frozen=True)
+class Estimates:
+    """Expected seconds per file (speed-1.0 machine) and where they came from.
+
+    ``source`` is ``"history"`` when at least one file has a recorded duration (unseen files get the
+    median), ``"filesize"`` when nothing is known and weights follow file sizes (mean 1.0), ``"uniform"``
+    when nothing is known at all (1.0 each). Only history gives real seconds (:attr:`real`).
+    """
+
+    durations: dict[str, float]
+    source: EstimateSource
+
+    @property
+    def real(self) -> bool:
+        return self.source == "history"
+
+
+def _valid(value: float) -> bool:
+    return math.isfinite(value) and value >= 0.0
+
+
+def expected_durations(files: Sequence[str], known: Mapping[str, float], *,
+                       sizes: Mapping[str, int] | None = None) -> Estimates:
+    """Expected duration of each file: history, else relative file size, else 1.0 each."""
+    unique = list(dict.fromkeys(files))
+    seen = {f: float(known[f]) for f in unique if f in known and _valid(float(known[f]))}
+    if seen:
+        median = statistics.median(seen.values())
+        return Estimates({f: seen.get(f, median) for f in unique}, "history")
+    if sizes:
+        given = {f: float(sizes[f]) for f in unique if f in sizes and _valid(float(sizes[f]))}
+        if given and sum(given.values()) > 0:
+            median = statistics.median(given.values())
+            raw = {f: given.get(f, median) for f in unique}
+            mean = sum(raw.values()) / len(raw)
+            return Estimates({f: v / mean for f, v in raw.items()}, "filesize")
+    return Estimates({f: 1.0 for f in unique}, "uniform")
+
+
+# ------------------------------------------------------------------------------------------------ basics
+
+def _usable(machines: Iterable[MachineSlots]) -> list[MachineSlots]:
+    return [m for m in machines if m.slots > 0 and m.speed > 0]
+
+
+def capacity(machines: Sequence[MachineSlots]) -> float:
+    """Σ slots × speed: speed-1.0 seconds of work the fleet does per second."""
+    return sum(m.slots * m.speed for m in _usable(machines))
+
+
+def lower_bound(durations: Sequence[float], machines: Sequence[MachineSlots]) -> float:
+    """No schedule finishes sooner: max(total work / Σ(slots × speed), longest item / fastest speed)."""
+    if not durations:
+        return 0.0
+    usable = _usable(machines)
+    if not usable:
+        return math.inf
+    return max(sum(durations) / capacity(usable), max(durations) / max(m.speed for m in usable))
+
+
+def shard_ids(n: int) -> list[str]:
+    return [f"s{i:03d}" for i in range(1, n + 1)]
+
+
+def _make_shards(groups: Sequence[Sequence[str]], weights: Mapping[str, float], real: bool) -> list[Shard]:
+    n = len(groups)
+    return [Shard(id=sid, index=i, total=n, files=tuple(group),
+                  expected=sum(weights[f] for f in group) if real else None)
+            for i, (sid, group) in enumerate(zip(shard_ids(n), groups, strict=True), start=1)]
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+
+@dataclass
+class ShardPlan:
+    """Shards in queue order (ids ``s001…`` in that order) and why there are this many."""
+
+    shards: list[Shard]
+    why: str
+    source: EstimateSource = "history"
+
+
+def _lpt_bins(items: Sequence[str], weights: Mapping[str, float], speeds: Sequence[float]) -> list[list[str]]:
+    """Longest first onto the bin that would finish it earliest (bin speeds scale the load)."""
+    bins: list[list[str]] = [[] for _ in speeds]
+    load = [0.0] * len(speeds)
+    for f in sorted(items, key=lambda f: -weights[f]):        # sorted() is stable: ties keep input order
+        w = weights[f]
+        best = min(range(len(speeds)), key=lambda b: ((load[b] + w) / speeds[b], len(bins[b]), b))
+        bins[best].append(f)
+        load[best] += w
+    return [b for b in bins if b]
+
+
+def _gss_batches(items: Sequence[str], weights: Mapping[str, float], slots: int,
+                 min_work: float) -> list[list[str]]:
+    """Guided self-scheduling: largest first, each batch ≈ remaining / (k × slots), never below min_work
+    (except the very last files) and never empty."""
+    order = sorted(items, key=lambda f: -weights[f])
+    remaining = sum(weights[f] for f in order)
+    batches: list[list[str]] = []
+    i = 0
+    while i < len(order):
+        target = max(remaining / (GSS_K * slots), min_work)
+        batch = [order[i]]
+        acc = weights[order[i]]
+        i += 1
+        while i < len(order) and acc < target:
+            nxt = weights[order[i]]
+            if acc + nxt - target > target - acc:          # adding overshoots more than stopping falls short
+                break
+            batch.append(order[i])
+            acc += nxt
+            i += 1
+        remaining -= acc
+        batches.append(batch)
+    if min_work > 0 and len(batches) > 1 and sum(weights[f] for f in batches[-1]) < min_work / 2:
+        batches[-2].extend(batches.pop())                  # a crumb is not worth a start-up of its own
+    return batches
+
+
+def build_shards(files: Sequence[str], estimates: Estimates | Mapping[str, float],
+                 machines: Sequence[MachineSlots], *, shards: int | None = None,
+                 strategy: Strategy = "dynamic") -> ShardPlan:
+    """Group test files into shards (file mode). See the module docstring for the rules.
+
+    ``Shard.expected`` is the sum of the files' estimates when they are real seconds (history, or a plain
+    mapping), else None: size-based or uniform weights still shape the shards but are not seconds.
+    Files inside a shard keep their order in ``files``.
+    """
+    unique = list(dict.fromkeys(files))
+    if isinstance(estimates, Estimates):
+        given: Mapping[str, float] = estimates.durations
+        source: EstimateSource = estimates.source
+    else:
+        given, source = estimates, "history"
+    real = source == "history"
+    if not unique:
+        return ShardPlan([], "no test files", source)
+    if shards is not None and shards < 1:
+        raise ValueError(f"shard count must be at least 1, got {shards}")
+    known_values = [float(given[f]) for f in unique if f in given and _valid(float(given[f]))]
+    fill = statistics.median(known_values) if known_values else 1.0
+    weights = {f: float(given[f]) if f in given and _valid(float(given[f])) else fill for f in unique}
+    position = {f: i for i, f in enumerate(unique)}
+    usable = _usable(machines)
+    total_slots = sum(m.slots for m in usable) or 1
+    basis = {"history": "durations from history",
+             "filesize": "no history: weights from file sizes",
+             "uniform": "no history: equal weights"}[source]
+
+    if shards is not None:
+        n = min(shards, len(unique))
+        groups = _lpt_bins(unique, weights, [1.0] * n)
+        why = f"{n} shards as requested" + (f" (only {len(unique)} files)" if shards > len(unique) else "")
+        why += f", balanced by expected duration ({basis})"
+    elif strategy == "static":
+        speeds = [m.speed for m in usable for _ in range(m.slots)] or [1.0]
+        if len(speeds) > len(unique):
+            speeds = sorted(speeds, reverse=True)[:len(unique)]
+        groups = _lpt_bins(unique, weights, speeds)
+        why = (f"{len(groups)} shards: static strategy, one per slot ({total_slots} slots on "
+               f"{len(usable)} machines), sized to each machine's speed ({basis})")
+    else:
+        min_work = 0.0
+        startup = 0.0
+        if real and usable:
+            startup = sum(m.startup * m.slots for m in usable) / total_slots
+            min_work = STARTUP_FACTOR * sum(m.startup * m.speed * m.slots for m in usable) / total_slots
+        groups = _gss_batches(unique, weights, total_slots, min_work)
+        why = (f"{len(groups)} shards from {len(unique)} files: guided self-scheduling over {total_slots} "
+               f"slots, largest first, each ≈ remaining work / ({GSS_K:g} × {total_slots})")
+        if min_work > 0:
+            why += f", at least ~{min_work:.0f}s of work each to amortise a ~{startup:.1f}s start-up"
+        why += f" ({basis})"
+
+    groups = [sorted(g, key=position.__getitem__) for g in groups]
+    ordered = sorted(groups, key=lambda g: (-sum(weights[f] for f in g), position[g[0]]))
+    return ShardPlan(_make_shards(ordered, weights, real), why, source)
+
+
+def native_shards(total: int | None, machines: Sequence[MachineSlots],
+                  strategy: Strategy = "dynamic") -> list[Shard]:
+    """Shards for the suite's own sharding ({shard}/{total}): no files, expected unknown.
+
+    Auto count: Σ slots for static; 2 × Σ slots for dynamic, capped at 64 but never fewer than Σ slots.
+    """
+    if total is not None:
+        if total < 1:
+            raise ValueError(f"shard count must be at least 1, got {total}")
+        n = total
+    else:
+        slots = sum(m.slots for m in _usable(machines))
+        n = slots if strategy == "static" else min(2 * slots, max(NATIVE_DYNAMIC_CAP, slots))
+        n = max(1, n)
+    return [Shard(id=sid, index=i, total=n) for i, sid in enumerate(shard_ids(n), start=1)]
+
+
+def native_why(n: int, machines: Sequence[MachineSlots], strategy: Strategy, explicit: bool) -> str:
+    """The human reason for a native shard count (for ``fleetshard plan``)."""
+    slots = sum(m.slots for m in _usable(machines))
+    if explicit:
+        return f"{n} shards as requested (native sharding)"
+    if strategy == "static":
+        return f"{n} shards: static strategy, one per slot ({slots} slots), native sharding"
+    return f"{n} shards: dynamic strategy, about 2 per slot ({slots} slots, at most {NATIVE_DYNAMIC_CAP})"
+
+
+def order_for_queue(shards: Sequence[Shard]) -> list[Shard]:
+    """Longest expected first (stable); shards with unknown expected follow in their input order."""
+    known = [s for s in shards if s.expected is not None]
+    unknown = [s for s in shards if s.expected is None]
+    return sorted(known, key=lambda s: -(s.expected or 0.0)) + unknown
+
+
+# ----------------------------------------------------------------------------------- static assignment
+
+def assign_static(shards: Sequence[Shard], machines: Sequence[MachineSlots]) -> dict[str, str]:
+    """Core-weighted assignment: each machine gets work in proportion to slots × speed.
+
+    Known expected durations: longest first onto the machine whose (assigned + d) / (slots × speed) is
+    least. Unknown (any shard without ``expected``): the same rule with d = 1, i.e. shard counts in
+    proportion to slots × speed. Ties go to the earlier machine.
+    """
+    usable = _usable(machines)
+    if not usable:
+        raise ValueError("no machine with a free slot to assign shards to")
+    known = all(s.expected is not None for s in shards)
+    items = order_for_queue(shards) if known else list(shards)
+    load = [0.0] * len(usable)
+    caps = [m.slots * m.speed for m in usable]
+    out: dict[str, str] = {}
+    for s in items:
+        d = s.expected if known and s.expected is not None else 1.0
+        best = min(range(len(usable)), key=lambda i: ((load[i] + d) / caps[i], i))
+        load[best] += d
+        out[s.id] = usable[best].name
+    return out
+
+
+def lpt_assign(shards: Sequence[Shard], machines: Sequence[MachineSlots]) -> dict[str, str]:
+    """LPT with machine speeds: longest first onto the slot that would finish it earliest.
+
+    Unknown expected counts as 1.0. Running ``simulate(order_for_queue(shards), ..., strategy="static",
+    assignment=lpt_assign(...))`` reproduces the LPT schedule exactly.
+    """
+    usable = _usable(machines)
+    if not usable:
+        raise ValueError("no machine with a free slot to assign shards to")
+    slot_machine = [i for i, m in enumerate(usable) for _ in range(m.slots)]
+    free = [0.0] * len(slot_machine)
+    out: dict[str, str] = {}
+    for s in order_for_queue(shards):
+        d = s.expected if s.expected is not None else 1.0
+
+        def finish(k: int, d: float = d) -> tuple[float, int]:
+            m = usable[slot_machine[k]]
+            return free[k] + m.startup + d / m.speed, k
+
+        best = min(range(len(free)), key=finish)
+        free[best] = finish(best)[0]
+        out[s.id] = usable[slot_machine[best]].name
+    return out
+
+
+# -------------------------------------------------------------------------------------------- simulation
+
+class Placement(NamedTuple):
+    shard_id: str
+    machine: str
+    start: float
+    end: float
+
+
+@dataclass
+class Simulation:
+    """What a plan would do if every shard took exactly its expected time."""
+
+    makespan: float
+    busy: dict[str, float]                 # slot-seconds of work per machine
+    finish: dict[str, float]               # when each machine's last shard ends (0.0 when it gets none)
+    placements: list[Placement] = field(default_factory=list)
+    known: bool = True                     # False when some expected duration was unknown (counted as 1.0)
+
+
+def fill_order(machines: Sequence[MachineSlots]) -> list[int]:
+    """Indices of machines in the order free slots are filled when several are free at once:
+    fastest first, then inventory order. The scheduler fills in the same order."""
+    return sorted(range(len(machines)), key=lambda i: (-machines[i].speed, i))
+
+
+def simulate(shards: Sequence[Shard], machines: Sequence[MachineSlots], *, strategy: Strategy,
+             assignment: Mapping[str, str] | None = None) -> Simulation:
+    """Event simulation of a run where each shard takes expected / speed + startup.
+
+    dynamic: one queue in the given order; whenever a slot frees, its machine takes the next shard.
+    static: each machine runs its assigned shards (``assignment``, default :func:`assign_static`) in the
+    given order, up to ``slots`` at once.
+    """
+    usable = _usable(machines)
+    if shards and not usable:
+        raise ValueError("no machine with a free slot to simulate on")
+    known = all(s.expected is not None for s in shards)
+    busy = {m.name: 0.0 for m in usable}
+    finish = {m.name: 0.0 for m in usable}
+    placements: list[Placement] = []
+    rank = {usable[i].name: r for r, i in enumerate(fill_order(usable))}
+
+    def run(shard: Shard, m: MachineSlots, start: float) -> float:
+        d = shard.expected if shard.expected is not None else 1.0
+        end = start + m.startup + d / m.speed
+        placements.append(Placement(shard.id, m.name, start, end))
+        busy[m.name] += end - start
+        finish[m.name] = max(finish[m.name], end)
+        return end
+
+    by_name = {m.name: m for m in usable}
+    if strategy == "dynamic":
+        heap = [(0.0, rank[m.name], k, m.name) for m in usable for k in range(m.slots)]
+        heapq.heapify(heap)
+        for s in shards:
+            t, r, k, name = heapq.heappop(heap)
+            heapq.heappush(heap, (run(s, by_name[name], t), r, k, name))
+    else:
+        plan = dict(assignment) if assignment is not None else assign_static(shards, usable)
+        for s in shards:
+            if plan.get(s.id) not in by_name:
+                raise ValueError(f"shard {s.id} is assigned to unknown machine {plan.get(s.id)!r}")
+        for m in usable:
+            free = [0.0] * m.slots
+            for s in shards:
+                if plan[s.id] == m.name:
+                    t = heapq.heappop(free)
+                    heapq.heappush(free, run(s, m, t))
+    makespan = max((p.end for p in placements), default=0.0)
+    return Simulation(makespan, busy, finish, placements, known)

@@ -1,0 +1,165 @@
+"""Health probes: one script per machine, one round trip, and a verdict against the thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConnectError
+from .inventory import HealthThresholds, Machine
+from .transport import Transport
+
+# POSIX sh; Linux first, macOS/BSD fallbacks. Prints key=value lines. The directory to measure comes
+# in as $FLEETSHARD_PROBE_DIR (a leading ~ means the remote home), falling back to $HOME.
+PROBE_SCRIPT = r"""
+d=${FLEETSHARD_PROBE_DIR:-$HOME}
+case $d in "~"|"~/"*) d="$HOME${d#\~}";; esac
+[ -d "$d" ] || d=$HOME
+c=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null)
+echo "cores=$c"
+if [ -r /proc/loadavg ]; then read l1 rest < /proc/loadavg; echo "load1=$l1"
+else echo "load1=$(sysctl -n vm.loadavg 2>/dev/null | tr -d '{}' | awk '{print $1}')"; fi
+if [ -r /proc/meminfo ]; then
+  while read k v rest; do
+    case $k in MemTotal:) echo "mem_total_kb=$v";; MemAvailable:) echo "mem_avail_kb=$v";; esac
+  done < /proc/meminfo
+fi
+df -Pk "$d" 2>/dev/null | awk 'NR==2 {print "disk_total_kb=" $2; print "disk_avail_kb=" $4}'
+echo "os=$(uname -s)"
+echo "arch=$(uname -m)"
+echo "dir=$d"
+"""
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What one probe found on one machine. A machine that failed is a value, never an exception."""
+
+    machine: str
+    transport: str
+    address: str
+    reachable: bool
+    healthy: bool
+    reasons: tuple[str, ...] = ()
+    cores: int | None = None
+    slots: int | None = None           # inventory slots, else probed cores
+    load1: float | None = None
+    mem_used_pct: float | None = None
+    disk_free_pct: float | None = None
+    os: str | None = None
+    arch: str | None = None
+    connect_s: float | None = None
+    latency_ms: float | None = None
+    probe_s: float | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reasons"] = list(self.reasons)
+        data["tags"] = list(self.tags)
+        return data
+
+    @property
+    def status(self) -> str:
+        if not self.reachable:
+            return "unreachable"
+        return "healthy" if self.healthy else "unhealthy"
+
+
+def parse_probe_output(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            values[key] = value.strip()
+    return values
+
+
+def _num(values: Mapping[str, str], key: str) -> float | None:
+    try:
+        return float(values[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def metrics_from(values: Mapping[str, str]) -> dict[str, Any]:
+    cores = _num(values, "cores")
+    mem_total, mem_avail = _num(values, "mem_total_kb"), _num(values, "mem_avail_kb")
+    disk_total, disk_avail = _num(values, "disk_total_kb"), _num(values, "disk_avail_kb")
+    return {
+        "cores": int(cores) if cores else None,
+        "load1": _num(values, "load1"),
+        "mem_used_pct": round(100.0 * (1 - mem_avail / mem_total), 1)
+        if mem_total and mem_avail is not None else None,
+        "disk_free_pct": round(100.0 * disk_avail / disk_total, 1)
+        if disk_total and disk_avail is not None else None,
+        "os": values.get("os") or None,
+        "arch": values.get("arch") or None,
+    }
+
+
+def judge(metrics: Mapping[str, Any], thresholds: HealthThresholds) -> list[str]:
+    """Reasons the machine is unhealthy; empty when it is healthy. Pure."""
+    reasons = []
+    disk = metrics.get("disk_free_pct")
+    if disk is not None and disk <= thresholds.min_disk_free_pct:
+        reasons.append(f"disk {disk:.1f}% free <= {thresholds.min_disk_free_pct:g}% (min_disk_free_pct)")
+    mem = metrics.get("mem_used_pct")
+    if mem is not None and mem >= thresholds.max_mem_used_pct:
+        reasons.append(f"memory {mem:.1f}% used >= {thresholds.max_mem_used_pct:g}% (max_mem_used_pct)")
+    load, cores = metrics.get("load1"), metrics.get("cores")
+    if load is not None and cores:
+        limit = thresholds.max_load_per_core * cores
+        if load >= limit:
+            reasons.append(f"load {load:.2f} >= {limit:g} ({thresholds.max_load_per_core:g} x {cores} cores, "
+                           f"max_load_per_core)")
+    if cores is None:
+        reasons.append("probe did not report a core count")
+    return reasons
+
+
+def _address(machine: Machine) -> str:
+    if machine.transport == "local":
+        return "local"
+    user = f"{machine.user}@" if machine.user else ""
+    port = f":{machine.port}" if machine.port != 22 else ""
+    return f"{user}{machine.host}{port}"
+
+
+async def probe(machine: Machine, transport: Transport, thresholds: HealthThresholds) -> HealthReport:
+    """Connect, run the probe script and time three no-op round trips; never raises."""
+    base = dict(machine=machine.name, transport=machine.transport, address=_address(machine),
+                tags=machine.tags)
+    deadline = max(thresholds.timeout, 0.5)
+    started = time.perf_counter()
+    try:
+        connect_s = await asyncio.wait_for(transport.connect(), deadline)
+        remaining = max(0.5, deadline - (time.perf_counter() - started))
+        result, out = await transport.run(PROBE_SCRIPT, env={"FLEETSHARD_PROBE_DIR": machine.workdir or "~"},
+                                          timeout=remaining)
+        if result.exit_status != 0:
+            why = result.error or f"probe exited with {result.exit_status or result.signal}"
+            return HealthReport(**base, reachable=result.error is None, healthy=False, reasons=(why,),
+                                connect_s=connect_s)
+        rtts = [await asyncio.wait_for(transport.rtt(), remaining) for _ in range(3)]
+    except ConnectError as exc:
+        return HealthReport(**base, reachable=False, healthy=False, reasons=(str(exc),))
+    except (TimeoutError, asyncio.TimeoutError):
+        return HealthReport(**base, reachable=False, healthy=False,
+                            reasons=(f"{machine.name}: no answer within {deadline:g} s",))
+    metrics = metrics_from(parse_probe_output(out))
+    reasons = judge(metrics, thresholds)
+    return HealthReport(**base, reachable=True, healthy=not reasons, reasons=tuple(reasons),
+                        slots=machine.slots or metrics["cores"], connect_s=round(connect_s, 4),
+                        latency_ms=round(statistics.median(rtts) * 1000, 2),
+                        probe_s=round(time.perf_counter() - started, 4), **metrics)
+
+
+async def probe_all(machines: Sequence[Machine], transports: Mapping[str, Transport],
+                    thresholds: HealthThresholds) -> list[HealthReport]:
+    """Probe every machine at once; results in inventory order."""
+    return list(await asyncio.gather(*(probe(m, transports[m.name], thresholds) for m in machines)))

@@ -1,0 +1,109 @@
+"""The record of one run: what the JSON report, the history database and the HTML report are made of.
+
+Times here are wall-clock seconds since the epoch (the runner converts its monotonic clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class AttemptRecord:
+    shard_id: str
+    attempt: int
+    machine: str
+    outcome: str                      # passed | tests-failed | infra-failed | timed-out | cancelled
+    started: float
+    ended: float
+    exit_status: int | None = None
+    signal: str | None = None
+    reason: str = ""
+    log_path: str = ""
+    junit_path: str | None = None     # local copy of the attempt's JUnit XML, when one was produced
+    speculative: bool = False
+    command: str = ""
+    artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+
+@dataclass
+class ShardRecord:
+    id: str
+    index: int
+    total: int
+    files: list[str]
+    expected: float | None
+    state: str                        # passed | failed | not-run
+    reason: str = ""                  # why not run / why failed
+    flaky: bool = False
+
+
+@dataclass
+class TestRecord:
+    """One testcase from a shard's JUnit XML (the attempt that decided the shard)."""
+
+    __test__ = False                  # not a pytest class
+
+    name: str
+    classname: str
+    file: str | None
+    time: float
+    outcome: str                      # passed | failed | error | skipped
+    shard_id: str
+    attempt: int
+    machine: str
+    flaky: bool = False
+    message: str = ""
+
+
+@dataclass
+class MachineRecord:
+    name: str
+    slots: int
+    speed: float
+    status: str                       # healthy | unhealthy | unreachable | drained | lost
+    reason: str = ""
+    health: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    started: float
+    ended: float
+    argv: list[str]
+    inventory: str
+    strategy: str
+    mode: str                         # native | files
+    command: str
+    exit_code: int
+    machines: list[MachineRecord] = field(default_factory=list)
+    shards: list[ShardRecord] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    tests: list[TestRecord] = field(default_factory=list)
+    expected_makespan: float | None = None
+    lower_bound: float | None = None
+    run_dir: str = ""
+    commit: str | None = None
+    notes: list[str] = field(default_factory=list)   # e.g. "shard s003 produced no JUnit XML"
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+    def counts(self) -> dict[str, int]:
+        states = [s.state for s in self.shards]
+        return {"shards": len(states), "passed": states.count("passed"), "failed": states.count("failed"),
+                "not_run": states.count("not-run"), "flaky": sum(s.flaky for s in self.shards),
+                "retries": sum(1 for a in self.attempts if a.attempt > 1 and not a.speculative)}
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration"] = self.duration
+        data["counts"] = self.counts()
+        return data

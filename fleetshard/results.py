@@ -1,0 +1,499 @@
+"""Results of a run: per-shard JUnit collection and merge, the JSON report, exit code descriptions.
+
+Which attempt speaks for a shard: the last attempt that was not cancelled, except that a shard that
+passed is spoken for by its (last) passing attempt. A test that failed in an earlier attempt of the
+same shard and passed in the deciding one is *flaky*: reported as such, never hidden.
+
+A malformed or missing JUnit file is never fatal: it becomes a note and a placeholder testcase.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .model import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, Outcome
+from .record import AttemptRecord, RunRecord, ShardRecord, TestRecord
+
+FAILING = frozenset({"failed", "error"})
+
+
+class JunitError(ValueError):
+    """A JUnit XML file could not be read or is not JUnit XML."""
+
+
+@dataclass(frozen=True)
+class ParsedCase:
+    name: str
+    classname: str
+    file: str | None
+    time: float
+    outcome: str                      # passed | failed | error | skipped
+    message: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.classname, self.name)
+
+
+@dataclass
+class MergeStats:
+    tests: int = 0
+    failures: int = 0
+    errors: int = 0
+    skipped: int = 0
+    time: float = 0.0                 # sum of the testcase times
+    shards: int = 0
+    flaky: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_MODULE_EXT = re.compile(
+    r"\.(py|ts|tsx|js|jsx|mjs|cjs|mts|cts|rb|go|java|kt|cs|php|rs|feature|robot)$", re.IGNORECASE)
+
+
+def xml_text(text: str) -> str:
+    """``text`` without ANSI escapes and the characters XML 1.0 cannot carry."""
+    return _XML_INVALID.sub("", _ANSI.sub("", text))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _float(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        result = float(value.replace(",", ""))
+    except ValueError:
+        return 0.0
+    return result if math.isfinite(result) and result >= 0 else 0.0
+
+
+def _file_from_classname(classname: str) -> str | None:
+    """A test file guessed from a classname that looks like a path or a Python test module."""
+    name = classname.strip()
+    if not name:
+        return None
+    if "/" in name or "\\" in name or _MODULE_EXT.search(name):
+        return name.split("::", 1)[0]
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    while parts and parts[-1][:1].isupper():
+        parts.pop()                   # classes: tests.test_api.TestLogin -> tests.test_api
+    if parts and (parts[-1].startswith("test") or parts[-1].endswith("_test")):
+        return "/".join(parts) + ".py"
+    return None
+
+
+def _outcome_of(case: ET.Element) -> tuple[str, str]:
+    for tag, outcome in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
+        child = case.find(tag)
+        if child is not None:
+            message = child.get("message") or (child.text or "").strip().split("\n", 1)[0]
+            return outcome, message[:1000]
+    return "passed", ""
+
+
+def _load(path: str | Path) -> list[tuple[ParsedCase, ET.Element]]:
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise JunitError(f"{path}: not well-formed XML ({exc})") from exc
+    except OSError as exc:
+        raise JunitError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if root.tag not in ("testsuites", "testsuite"):
+        raise JunitError(f"{path}: not JUnit XML (root element <{root.tag}>)")
+    found: list[tuple[ParsedCase, ET.Element]] = []
+
+    def walk(suite: ET.Element, suite_file: str | None) -> None:
+        suite_file = suite.get("file") or suite_file
+        for child in suite:
+            if child.tag in ("testsuite", "testsuites"):
+                walk(child, suite_file)
+            elif child.tag == "testcase":
+                classname = child.get("classname") or ""
+                file = child.get("file") or suite_file or _file_from_classname(classname)
+                outcome, message = _outcome_of(child)
+                found.append((ParsedCase(name=child.get("name") or "", classname=classname, file=file,
+                                         time=_float(child.get("time")), outcome=outcome,
+                                         message=message), child))
+
+    walk(root, None)
+    return found
+
+
+def parse_junit(path: str | Path) -> list[ParsedCase]:
+    """The testcases of one JUnit XML file (``<testsuites>`` or a bare ``<testsuite>``, nested suites).
+
+    Raises :class:`JunitError` when the file cannot be read or is not well-formed JUnit XML.
+    """
+    return [case for case, _ in _load(path)]
+
+
+def _module_parts(path: str) -> list[str]:
+    stem = re.sub(r"\.[^./\\]+$", "", path.replace("\\", "/").lstrip("./"))
+    return [p for p in stem.split("/") if p]
+
+
+def match_file(case_file: str | None, classname: str, shard_files: Sequence[str]) -> str | None:
+    """The shard file a testcase belongs to, when it can be told; otherwise ``case_file`` as reported."""
+    if not shard_files:
+        return case_file
+    if case_file is not None:
+        if case_file in shard_files:
+            return case_file
+        norm = case_file.replace("\\", "/").removeprefix("./")
+        hits = [f for f in shard_files
+                if f == norm or f.endswith("/" + norm) or norm.endswith("/" + f.removeprefix("./"))]
+        if len(hits) == 1:
+            return hits[0]
+    parts = classname.split(".") if classname and "/" not in classname else []
+    if parts:
+        hits = []
+        for f in shard_files:
+            mod = _module_parts(f)
+            if not mod:
+                continue
+            n = len(mod)
+            if parts[:n] == mod:
+                hits.append(f)
+                continue
+            # the runner's rootdir may hide leading packages: tests/unit/test_a.py vs unit.test_a.Cls
+            for k in range(len(parts), 0, -1):
+                if mod[-k:] == parts[:k]:
+                    hits.append(f)
+                    break
+        if len(set(hits)) == 1:
+            return hits[0]
+    return case_file
+
+
+def attempts_by_shard(record: RunRecord) -> dict[str, list[AttemptRecord]]:
+    """Each shard's attempts, oldest first."""
+    result: dict[str, list[AttemptRecord]] = {}
+    for attempt in sorted(record.attempts, key=lambda a: (a.attempt, a.started, a.ended)):
+        result.setdefault(attempt.shard_id, []).append(attempt)
+    return result
+
+
+def deciding_attempt(shard: ShardRecord, attempts: Sequence[AttemptRecord]) -> AttemptRecord | None:
+    """The attempt whose result the shard carries (see the module docstring)."""
+    live = [a for a in attempts if a.outcome != Outcome.CANCELLED]
+    if shard.state == "passed":
+        passed = [a for a in live if a.outcome == Outcome.PASSED]
+        if passed:
+            return passed[-1]
+    return live[-1] if live else None
+
+
+def _earlier_failures(attempts: Sequence[AttemptRecord], deciding: AttemptRecord,
+                      notes: list[str]) -> dict[tuple[str, str], AttemptRecord]:
+    """Testcases that failed in the shard's other (non-deciding) attempts, keyed by (classname, name)."""
+    failed: dict[tuple[str, str], AttemptRecord] = {}
+    for attempt in attempts:
+        if attempt is deciding or not attempt.junit_path or attempt.outcome == Outcome.CANCELLED:
+            continue
+        if attempt.attempt > deciding.attempt:
+            continue
+        try:
+            cases = parse_junit(attempt.junit_path)
+        except JunitError as exc:
+            notes.append(_junit_note(attempt, exc))
+            continue
+        for case in cases:
+            if case.outcome in FAILING:
+                failed.setdefault(case.key, attempt)
+    return failed
+
+
+def _junit_note(attempt: AttemptRecord, exc: JunitError) -> str:
+    return (f"shard {attempt.shard_id}: JUnit XML of attempt {attempt.attempt} on {attempt.machine} "
+            f"is unusable: {exc}")
+
+
+def _no_junit_note(shard: ShardRecord, attempt: AttemptRecord) -> str:
+    return f"shard {shard.id} produced no JUnit XML (attempt {attempt.attempt} on {attempt.machine})"
+
+
+def _dedupe(cases: Iterable[tuple[ParsedCase, ET.Element]]) -> list[tuple[ParsedCase, ET.Element]]:
+    """Each testcase once: a repeated (classname, name) keeps its last report, at its first place."""
+    order: dict[tuple[str, str], tuple[ParsedCase, ET.Element]] = {}
+    for case, element in cases:
+        order[case.key] = (case, element)
+    return list(order.values())
+
+
+@dataclass
+class _ShardResult:
+    shard: ShardRecord
+    deciding: AttemptRecord | None
+    cases: list[tuple[ParsedCase, ET.Element]]
+    flaky_from: dict[tuple[str, str], AttemptRecord]
+    junit_ok: bool
+
+
+def _collect(record: RunRecord, notes: list[str]) -> list[_ShardResult]:
+    by_shard = attempts_by_shard(record)
+    results = []
+    for shard in record.shards:
+        attempts = by_shard.get(shard.id, [])
+        deciding = deciding_attempt(shard, attempts)
+        cases: list[tuple[ParsedCase, ET.Element]] = []
+        flaky_from: dict[tuple[str, str], AttemptRecord] = {}
+        junit_ok = False
+        if deciding is not None and shard.state != "not-run":
+            if deciding.junit_path:
+                try:
+                    cases = _dedupe(_load(deciding.junit_path))
+                    junit_ok = True
+                except JunitError as exc:
+                    notes.append(_junit_note(deciding, exc))
+            else:
+                notes.append(_no_junit_note(shard, deciding))
+            if junit_ok:
+                earlier = _earlier_failures(attempts, deciding, notes)
+                flaky_from = {c.key: earlier[c.key] for c, _ in cases
+                              if c.outcome == "passed" and c.key in earlier}
+        results.append(_ShardResult(shard, deciding, cases, flaky_from, junit_ok))
+    return results
+
+
+def tests_from_record(record: RunRecord) -> list[str]:
+    """Fill ``record.tests`` from the deciding attempts' JUnit files, flaky tests marked.
+
+    Returns notes about JUnit files that were missing or unusable (the same wording as
+    :func:`merge_junit` uses, so a caller can add each to ``record.notes`` once).
+    """
+    notes: list[str] = []
+    tests: list[TestRecord] = []
+    for result in _collect(record, notes):
+        deciding = result.deciding
+        if deciding is None:
+            continue
+        for case, _ in result.cases:
+            tests.append(TestRecord(
+                name=case.name, classname=case.classname,
+                file=match_file(case.file, case.classname, result.shard.files), time=case.time,
+                outcome=case.outcome, shard_id=result.shard.id, attempt=deciding.attempt,
+                machine=deciding.machine, flaky=case.key in result.flaky_from, message=case.message))
+    record.tests = tests
+    return notes
+
+
+# --- merged JUnit ------------------------------------------------------------------------------------
+
+def files_summary(shard: ShardRecord, limit: int = 3) -> str:
+    if not shard.files:
+        return f"shard {shard.index}/{shard.total}"
+    shown = ", ".join(shard.files[:limit])
+    more = len(shard.files) - limit
+    return f"{shown} (+{more} more)" if more > 0 else shown
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _add_properties(case: ET.Element, props: Sequence[tuple[str, str]]) -> None:
+    holder = case.find("properties")
+    if holder is None:
+        holder = ET.Element("properties")
+        case.insert(0, holder)
+    for name, value in props:
+        ET.SubElement(holder, "property", name=name, value=xml_text(value))
+
+
+def _append_system_out(case: ET.Element, text: str) -> None:
+    out = case.find("system-out")
+    if out is None:
+        out = ET.SubElement(case, "system-out")
+        out.text = text
+    else:
+        out.text = ((out.text or "").rstrip("\n") + "\n" + text) if out.text else text
+
+
+def _placeholder(shard: ShardRecord, attempt: AttemptRecord | None, label: str,
+                 problem: str | None) -> ET.Element:
+    case = ET.Element("testcase", classname="fleetshard", name=f"shard {shard.id} ({label})",
+                      time=f"{attempt.duration:.3f}" if attempt else "0")
+    if shard.files:
+        case.set("file", xml_text(shard.files[0]))
+    props = [("fleetshard.shard", shard.id)]
+    if attempt is not None:
+        props[:0] = [("fleetshard.machine", attempt.machine), ("fleetshard.attempt", str(attempt.attempt))]
+    _add_properties(case, props)
+    if problem is not None:
+        error = ET.SubElement(case, "error", message=xml_text(problem))
+        details = [problem, f"files: {files_summary(shard, 20)}"]
+        if attempt is not None:
+            details.append(f"machine: {attempt.machine}, attempt {attempt.attempt}, outcome {attempt.outcome}, "
+                           f"exit {attempt.exit_status}")
+            if attempt.log_path:
+                details.append(f"log: {attempt.log_path}")
+        error.text = xml_text("\n".join(details))
+    return case
+
+
+def _failure_reason(shard: ShardRecord, attempt: AttemptRecord | None) -> str:
+    if shard.reason:
+        return shard.reason
+    if attempt is None:
+        return "no attempt was made"
+    if attempt.exit_status is not None:
+        return f"{attempt.outcome} (exit {attempt.exit_status})"
+    return attempt.outcome + (f" ({attempt.reason})" if attempt.reason else "")
+
+
+def _suite_for(result: _ShardResult, stats: MergeStats) -> ET.Element:
+    shard, deciding = result.shard, result.deciding
+    suite = ET.Element("testsuite", name=xml_text(f"{shard.id}: {files_summary(shard)}"),
+                       hostname=xml_text(deciding.machine if deciding else ""))
+    if deciding is not None:
+        suite.set("timestamp", _iso(deciding.started))
+    cases: list[ET.Element] = []
+    if shard.state == "not-run":
+        reason = shard.reason or (deciding.reason if deciding else "") or "unknown reason"
+        cases.append(_placeholder(shard, deciding, "not run", f"not run: {reason}"))
+    elif not result.junit_ok:
+        label = "no JUnit produced" if deciding is None or not deciding.junit_path else "JUnit unusable"
+        problem = None if shard.state == "passed" else f"shard failed: {_failure_reason(shard, deciding)}"
+        cases.append(_placeholder(shard, deciding, label, problem))
+    else:
+        assert deciding is not None
+        for parsed, element in result.cases:
+            case = copy.deepcopy(element)
+            props = [("fleetshard.machine", deciding.machine), ("fleetshard.attempt", str(deciding.attempt)),
+                     ("fleetshard.shard", shard.id)]
+            earlier = result.flaky_from.get(parsed.key)
+            if earlier is not None:
+                props.append(("fleetshard.flaky", "true"))
+            _add_properties(case, props)
+            if earlier is not None:
+                _append_system_out(case, xml_text(
+                    f"fleetshard: flaky: failed on attempt {earlier.attempt} ({earlier.machine}), "
+                    f"passed on attempt {deciding.attempt} ({deciding.machine})"))
+                stats.flaky += 1
+            cases.append(case)
+        if shard.state != "passed" and not any(c.outcome in FAILING for c, _ in result.cases):
+            # the shard failed but its JUnit names no failing test: keep the verdict visible
+            cases.append(_placeholder(shard, deciding, "failed outside its tests",
+                                      f"shard failed: {_failure_reason(shard, deciding)}"))
+    counts = {"tests": len(cases), "failures": 0, "errors": 0, "skipped": 0}
+    total_time = 0.0
+    for case in cases:
+        if case.find("failure") is not None:
+            counts["failures"] += 1
+        elif case.find("error") is not None:
+            counts["errors"] += 1
+        elif case.find("skipped") is not None:
+            counts["skipped"] += 1
+        total_time += _float(case.get("time"))
+        suite.append(case)
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    suite.set("time", f"{total_time:.3f}")
+    stats.tests += counts["tests"]
+    stats.failures += counts["failures"]
+    stats.errors += counts["errors"]
+    stats.skipped += counts["skipped"]
+    stats.time += total_time
+    stats.shards += 1
+    return suite
+
+
+def merge_junit(record: RunRecord, out: Path) -> MergeStats:
+    """Write one JUnit XML file for the whole run: one ``<testsuite>`` per shard. Atomic."""
+    stats = MergeStats()
+    results = _collect(record, stats.notes)
+    root = ET.Element("testsuites", name="fleetshard")
+    for result in results:
+        root.append(_suite_for(result, stats))
+    root.set("tests", str(stats.tests))
+    root.set("failures", str(stats.failures))
+    root.set("errors", str(stats.errors))
+    root.set("skipped", str(stats.skipped))
+    root.set("time", f"{stats.time:.3f}")
+    root.set("timestamp", _iso(record.started))
+    ET.indent(root)
+    data = ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+    atomic_write_bytes(Path(out), data)
+    return stats
+
+
+# --- JSON report, exit codes -------------------------------------------------------------------------
+
+def flaky_tests(record: RunRecord) -> list[dict[str, Any]]:
+    return [{"name": t.name, "classname": t.classname, "file": t.file, "shard_id": t.shard_id,
+             "machine": t.machine, "attempt": t.attempt} for t in record.tests if t.flaky]
+
+
+def write_json_report(record: RunRecord, out: Path) -> None:
+    """``record.as_dict()`` plus version, ISO timestamps, exit description and flaky tests. Atomic."""
+    data = record.as_dict()
+    data["version"] = __version__
+    data["started_at"] = _iso(record.started)
+    data["ended_at"] = _iso(record.ended)
+    data["exit_description"] = exit_code_description(record.exit_code)
+    data["flaky_tests"] = flaky_tests(record)
+    for attempt in data["attempts"]:
+        attempt["started_at"] = _iso(attempt["started"])
+        attempt["ended_at"] = _iso(attempt["ended"])
+    text = json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n"
+    atomic_write_bytes(Path(out), text.encode("utf-8"))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+_EXIT_DESCRIPTIONS = {
+    EXIT_OK: "all tests passed",
+    EXIT_TESTS_FAILED: "tests failed",
+    EXIT_USAGE: "usage or configuration error",
+    EXIT_INFRA: "infrastructure failure: shards could not be run",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+
+def exit_code_description(code: int) -> str:
+    return _EXIT_DESCRIPTIONS.get(code, f"exit code {code}")

@@ -1,0 +1,756 @@
+"""The coordinator: one asyncio loop that turns machine happenings into events, feeds them to the pure
+scheduler, and carries out its decisions. Renderers and result writers subscribe to the same events.
+
+    health probes -> plan -> Scheduler.on(Start) -> Launch -> attempt task -> ShardFinished -> on() -> ...
+
+Ctrl-C or SIGTERM: the scheduler cancels everything, each running process group gets TERM then KILL
+after the grace period, a marker sweep removes anything that left its group, and the run exits 130.
+A second Ctrl-C skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import planning
+from .errors import ConnectError, FleetshardError, HistoryError, NoHealthyMachineError
+from .events import (
+    Event,
+    MachineInfo,
+    MachineStatus,
+    Notice,
+    OutputLine,
+    RunFinished,
+    RunStarted,
+    ShardFinished,
+    ShardNotRun,
+    ShardRetrying,
+    ShardStarted,
+)
+from .inventory import Inventory, Machine, select_machines
+from .model import EXIT_OK, MachineSlots, Outcome, RetryPolicy, Shard
+from .probes import HealthReport, probe, probe_all
+from .record import AttemptRecord, MachineRecord, RunRecord, ShardRecord
+from .scheduler import (
+    Cancel,
+    CancelRun,
+    Decision,
+    Drain,
+    Finish,
+    Launch,
+    NotRun,
+    Retry,
+    RetryDue,
+    Scheduler,
+    ShardRunning,
+    Start,
+    Tick,
+)
+from .suite import Suite, discover_files, file_sizes, junit_path, resolve_suite, shard_command
+from .transport import RemoteProcess, Transport, transport_for
+from .transport.base import CD_FAILED, ProcessResult
+
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `fleetshard run` and `fleetshard plan` take from the command line."""
+
+    selector: str | None = None
+    max_retries: int | None = None
+    strategy: str | None = None
+    shards: int | None = None
+    skip_health_checks: bool = False
+    fail_fast: bool = False
+    retry_failed_tests: int = 0
+    timeout: float | None = None
+    speculate: bool = False
+    junit: Path | None = None
+    json_report: Path | None = None
+    html: Path | None = None
+    live: bool | None = None
+    stream: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    resume: str | None = None
+    dry_run: bool = False
+    commit: str | None = None
+    notify: str | None = None
+    accept_new_host_keys: bool = False
+    command: str | None = None
+    argv: tuple[str, ...] = ()
+    console: Any = None               # a rich Console to render on (tests); default stdout
+    backoff_jitter: bool = True
+
+
+@dataclass
+class _Attempt:
+    shard: Shard
+    attempt: int
+    machine: str
+    speculative: bool
+    proc: RemoteProcess | None = None
+    wait: asyncio.Future[ProcessResult] | None = None
+    cancel_reason: str | None = None
+    killing: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _MachineState:
+    machine: Machine
+    transport: Transport
+    slots: int
+    speed: float
+    health: HealthReport | None = None
+    ready: asyncio.Future[str | None] | None = None   # None = ready, str = why it cannot run
+    status: str = "healthy"
+    used: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _git_head(base: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base, capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def backoff_from_tenacity(policy: RetryPolicy, jitter: float) -> Callable[[int], float]:
+    """Seconds before retry n, from tenacity's exponential wait plus random jitter."""
+    import tenacity
+
+    wait = tenacity.wait_exponential(multiplier=policy.backoff_base, exp_base=policy.backoff_factor,
+                                     min=policy.backoff_base, max=policy.backoff_max)
+    if jitter > 0:
+        wait = wait + tenacity.wait_random(0, jitter)
+
+    def backoff(n: int) -> float:
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+        state.attempt_number = n
+        return float(wait(state))
+
+    return backoff
+
+
+class Run:
+    def __init__(self, inv: Inventory, opts: RunOptions) -> None:
+        self.inv = inv
+        self.opts = opts
+        self.clock = time.monotonic
+        self.t0 = self.clock()
+        self.t0_wall = time.time()
+        self.run_id = new_run_id()
+        self.machines: dict[str, _MachineState] = {}
+        self.attempts: dict[tuple[str, int], _Attempt] = {}
+        self.records: list[AttemptRecord] = []
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.subscribers: list[Any] = []
+        self.renderer: Any = None
+        self.interrupts = 0
+        self.exit_code: int | None = None
+        self.notes: list[str] = []
+        self.suite: Suite | None = None
+        self.kill_grace = 10.0
+        self.timers: list[asyncio.TimerHandle] = []
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock()
+
+    def wall(self, t: float) -> float:
+        return self.t0_wall + (t - self.t0)
+
+    def publish(self, event: Event) -> None:
+        for sub in self.subscribers:
+            sub.handle(event)
+
+    def notice(self, text: str, level: str = "info", machine: str | None = None) -> None:
+        self.publish(Notice(text=text, at=self.now(), level=level, machine=machine))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.inv.base_dir / ".fleetshard" / "runs" / self.run_id
+
+    # -- the run -------------------------------------------------------------------------------------
+    async def main(self) -> int:
+        from .progress import make_renderer
+
+        self.suite = resolve_suite(self.inv, self.opts.command)
+        selected = select_machines(self.inv, self.opts.selector)
+        self.renderer = make_renderer(console=self.opts.console, live=self.opts.live, stream=self.opts.stream,
+                                      quiet=self.opts.quiet, verbose=self.opts.verbose, clock=self.clock)
+        transports = {m.name: transport_for(m, accept_new_host_keys=self.opts.accept_new_host_keys)
+                      for m in selected}
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.interrupt)
+        try:
+            return await self._main(selected, transports)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            for timer in self.timers:
+                timer.cancel()
+            self.renderer.stop()
+            await asyncio.gather(*(t.close() for t in transports.values()), return_exceptions=True)
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.queue.put_nowait(CancelRun(reason="interrupted", at=self.now()))
+        else:
+            for att in list(self.attempts.values()):
+                asyncio.ensure_future(self._signal(att, "KILL"))
+
+    async def _main(self, selected: Sequence[Machine], transports: Mapping[str, Transport]) -> int:
+        assert self.suite is not None
+        suite = self.suite
+        self.kill_grace = suite.config.kill_grace
+        usable = await self._check_machines(selected, transports)
+        history = self._open_history()
+        speeds = self._speeds(history)
+        slots = [MachineSlots(name=s.machine.name, slots=s.slots, speed=speeds.get(s.machine.name, s.speed),
+                              startup=0.0) for s in usable]
+        for s, ms in zip(usable, slots, strict=True):
+            s.speed = ms.speed
+        strategy = self.opts.strategy or suite.config.strategy or "dynamic"
+        shards, explain, source = self._build_shards(suite, slots, strategy, history)
+        assignment = planning.assign_static(shards, slots) if strategy == "static" else None
+        if strategy == "dynamic" and source != "uniform":
+            shards = planning.order_for_queue(shards)
+        expected: float | None = None
+        lower: float | None = None
+        if all(s.expected is not None for s in shards) and source != "uniform":
+            sim = planning.simulate(shards, slots, strategy=strategy, assignment=assignment)
+            expected = sim.makespan
+            lower = planning.lower_bound([s.expected or 0.0 for s in shards], slots)
+        if self.opts.dry_run:
+            self._print_plan(shards, slots, strategy, assignment, expected, lower, explain, source)
+            return EXIT_OK
+        return await self._execute(shards, slots, strategy, assignment, expected, lower, history)
+
+    # -- machines ------------------------------------------------------------------------------------
+    async def _check_machines(self, selected: Sequence[Machine], transports: Mapping[str, Transport]
+                              ) -> list[_MachineState]:
+        states: list[_MachineState] = []
+        if self.opts.skip_health_checks:
+            need = [m for m in selected if m.slots is None and m.transport != "local"]
+            reports = {r.machine: r for r in await probe_all(need, transports, self.inv.health)}
+            for m in selected:
+                r = reports.get(m.name)
+                if r is not None and not r.reachable:
+                    self.notice(f"{m.name}: left out: {'; '.join(r.reasons)}", "warning", m.name)
+                    continue
+                cores = r.cores if r else (os.cpu_count() or 1)
+                states.append(_MachineState(m, transports[m.name], m.slots or cores or 1, m.speed or 1.0, r))
+        else:
+            for r in await probe_all(selected, transports, self.inv.health):
+                m = self.inv.machine(r.machine)
+                if not r.healthy:
+                    self.notice(f"{m.name}: left out ({r.status}): {'; '.join(r.reasons)}", "warning", m.name)
+                    self.machines[m.name] = _MachineState(m, transports[m.name], 0, m.speed or 1.0, r,
+                                                          status=r.status)
+                    continue
+                states.append(_MachineState(m, transports[m.name], m.slots or r.cores or 1, m.speed or 1.0, r))
+        for s in states:
+            self.machines[s.machine.name] = s
+        if not states:
+            reasons = "; ".join(
+                f"{s.machine.name}: {', '.join(s.health.reasons) if s.health else s.status}"
+                for s in self.machines.values()) or "no machine selected"
+            raise NoHealthyMachineError(f"no healthy machine to run on ({reasons})")
+        return states
+
+    def _speeds(self, history: Any) -> dict[str, float]:
+        learned: dict[str, float] = {}
+        if history is not None:
+            try:
+                learned = history.machine_speeds()
+            except HistoryError as exc:
+                self.notice(f"history: {exc}", "warning")
+        speeds = {}
+        for name, st in self.machines.items():
+            speeds[name] = st.machine.speed or learned.get(name) or 1.0
+        return speeds
+
+    # -- planning ------------------------------------------------------------------------------------
+    def _open_history(self) -> Any:
+        from .history import History
+        from .report import history_path
+
+        try:
+            return History(history_path(self.inv))
+        except HistoryError as exc:
+            self.notice(f"history unavailable, planning without it: {exc}", "warning")
+            return None
+
+    def _build_shards(self, suite: Suite, slots: Sequence[MachineSlots], strategy: str, history: Any
+                      ) -> tuple[list[Shard], str, str]:
+        count = self.opts.shards or suite.config.shards
+        resume = None
+        if self.opts.resume:
+            if history is None:
+                raise HistoryError("--resume needs the run history, which could not be opened")
+            resume = history.not_passed(self.opts.resume)
+        if suite.mode == "native":
+            if resume is not None:
+                total = resume.total or count
+                shards = [Shard(id=f"s{i:03d}", index=i, total=total or len(resume.shard_indices))
+                          for i in resume.shard_indices]
+                return shards, f"resuming {len(shards)} shards of run {self.opts.resume}", "uniform"
+            shards = planning.native_shards(count, slots, strategy)  # type: ignore[arg-type]
+            return shards, f"{len(shards)} shards: {'one per slot' if strategy == 'static' else '2 per slot'}", \
+                "uniform"
+        files = discover_files(suite, self.inv.base_dir)
+        if resume is not None:
+            wanted = set(resume.files)
+            files = [f for f in files if f in wanted]
+            if not files:
+                raise HistoryError(f"run {self.opts.resume}: nothing to resume (every shard passed)")
+        known: dict[str, float] = {}
+        if history is not None:
+            try:
+                known = history.file_durations()
+            except HistoryError as exc:
+                self.notice(f"history: {exc}", "warning")
+        estimates = planning.expected_durations(files, known, sizes=file_sizes(files, self.inv.base_dir))
+        shards, explain = planning.build_shards(files, estimates, slots, shards=count,
+                                                strategy=strategy)  # type: ignore[arg-type]
+        return shards, str(explain), estimates.source
+
+    def _print_plan(self, shards: Sequence[Shard], slots: Sequence[MachineSlots], strategy: str,
+                    assignment: Mapping[str, str] | None, expected: float | None, lower: float | None,
+                    explain: str, source: str) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        from .progress import format_duration
+
+        console = self.opts.console or Console()
+        if assignment is None and expected is not None:
+            sim = planning.simulate(shards, slots, strategy="dynamic")
+            where = {p[0]: p[1] for p in sim.placements}
+        else:
+            where = dict(assignment or {})
+        table = Table(title=f"fleetshard plan: {len(shards)} shards, {strategy}", title_justify="left")
+        for col in ("shard", "machine", "files", "expected"):
+            table.add_column(col)
+        for s in shards:
+            files = ", ".join(s.files[:3]) + (f" … (+{len(s.files) - 3})" if len(s.files) > 3 else "")
+            table.add_row(s.id, where.get(s.id, "(queue)"), files or f"{s.index}/{s.total}",
+                          format_duration(s.expected) if s.expected is not None else "?")
+        console.print(table)
+        machines = ", ".join(f"{m.name} ({m.slots} slots, speed {m.speed:g})" for m in slots)
+        console.print(f"machines: {machines}")
+        console.print(f"shards: {explain}; durations from {source}")
+        if expected is not None and lower is not None:
+            console.print(f"expected makespan {format_duration(expected)}, lower bound {format_duration(lower)}"
+                          f" ({expected / lower:.2f}x)" if lower > 0 else "")
+        else:
+            console.print("expected makespan unknown (no durations yet: run once to record them)")
+
+    # -- execution -----------------------------------------------------------------------------------
+    async def _execute(self, shards: list[Shard], slots: list[MachineSlots], strategy: str,
+                       assignment: Mapping[str, str] | None, expected: float | None, lower: float | None,
+                       history: Any) -> int:
+        assert self.suite is not None
+        retry = self.inv.retry
+        policy = RetryPolicy(
+            max_retries=retry.max_retries if self.opts.max_retries is None else self.opts.max_retries,
+            retry_failed_tests=self.opts.retry_failed_tests, backoff_base=retry.backoff_base,
+            backoff_factor=retry.backoff_factor, backoff_max=retry.backoff_max, drain_after=retry.drain_after,
+            fail_fast=self.opts.fail_fast, speculate=self.opts.speculate)
+        jitter = retry.jitter if self.opts.backoff_jitter else 0.0
+        sched = Scheduler(shards, slots, policy, strategy=strategy,  # type: ignore[arg-type]
+                          assignment=assignment, backoff=backoff_from_tenacity(policy, jitter))
+        self.timeout = self.opts.timeout if self.opts.timeout is not None else self.suite.config.timeout
+        self.commit = self.opts.commit or _git_head(self.inv.base_dir)
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.subscribers.append(self.renderer)
+        self.renderer.start()
+        infos = tuple(MachineInfo(name=m.machine.name, slots=m.slots if m.status == "healthy" else 0,
+                                  speed=m.speed, status=m.status,
+                                  reason="; ".join(m.health.reasons) if m.health else "")
+                      for m in self.machines.values())
+        self.publish(RunStarted(run_id=self.run_id, machines=infos, shards=tuple(shards), strategy=strategy,
+                                expected_makespan=expected, lower_bound=lower,
+                                log_dir=str(self.run_dir / "logs"), at=self.now()))
+        ticker = asyncio.create_task(self._ticker())
+        prober = asyncio.create_task(self._reprober())
+        try:
+            await self._apply(sched.on(Start(at=self.now())))
+            while not sched.done:
+                event = await self.queue.get()
+                if isinstance(event, (ShardFinished, MachineStatus)):
+                    self.publish(event)
+                    if isinstance(event, ShardFinished):
+                        self.attempts.pop((event.shard.id, event.attempt), None)
+                await self._apply(sched.on(event))
+        finally:
+            ticker.cancel()
+            prober.cancel()
+            await self._shutdown()
+        code = sched.exit_code if sched.exit_code is not None else EXIT_OK
+        if self.interrupts:
+            code = 130
+        record = self._record(sched, shards, strategy, code, expected, lower)
+        self._write_results(record, history)
+        self.publish(RunFinished(exit_code=code, at=self.now(), summary=record.counts()))
+        self.renderer.finish(record)
+        return code
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.queue.put_nowait(Tick(at=self.now()))
+
+    async def _reprober(self) -> None:
+        """Probe the machines again every health.interval: drain the ones that turn bad, rejoin the rest."""
+        interval = self.inv.health.interval
+        if self.opts.skip_health_checks or interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for st in list(self.machines.values()):
+                if st.status in ("lost", "drained") or st.slots == 0:
+                    continue
+                asyncio.ensure_future(self._reprobe(st))
+
+    async def _reprobe(self, st: _MachineState) -> None:
+        report = await probe(st.machine, st.transport, self.inv.health)
+        st.health = report
+        status = "healthy" if report.healthy else "unhealthy"
+        if status != st.status and st.status not in ("lost", "drained"):
+            st.status = status
+            self.queue.put_nowait(MachineStatus(machine=st.machine.name, status=status,
+                                                reason="; ".join(report.reasons), at=self.now()))
+
+    async def _apply(self, decisions: Sequence[Decision]) -> None:
+        for d in decisions:
+            if isinstance(d, Launch):
+                att = _Attempt(d.shard, d.attempt, d.machine, d.speculative)
+                self.attempts[(d.shard.id, d.attempt)] = att
+                att.task = asyncio.create_task(self._run_attempt(att))
+            elif isinstance(d, Retry):
+                self.publish(ShardRetrying(shard=d.shard, next_attempt=d.next_attempt, after_s=d.after_s,
+                                           avoid=d.avoid, reason=d.reason, at=self.now()))
+                shard_id = d.shard.id
+                self.timers.append(asyncio.get_running_loop().call_later(
+                    d.after_s, lambda: self.queue.put_nowait(RetryDue(shard_id=shard_id, at=self.now()))))
+            elif isinstance(d, Cancel):
+                cancelled = self.attempts.get((d.shard_id, d.attempt))
+                if cancelled is not None and cancelled.cancel_reason is None:
+                    cancelled.cancel_reason = d.reason
+                    cancelled.killing = asyncio.create_task(self._stop(cancelled))
+            elif isinstance(d, Drain):
+                st = self.machines.get(d.machine)
+                if st is not None:
+                    st.status = "drained"
+                self.publish(MachineStatus(machine=d.machine, status="drained", reason=d.reason, at=self.now()))
+            elif isinstance(d, NotRun):
+                self.publish(ShardNotRun(shard=d.shard, reason=d.reason, at=self.now()))
+            elif isinstance(d, Finish):
+                self.exit_code = d.exit_code
+
+    # -- one attempt ---------------------------------------------------------------------------------
+    def _env(self, st: _MachineState, shard: Shard | None, attempt: int, junit: str | None) -> dict[str, str]:
+        env = st.machine.env_dict()
+        env.update(FLEETSHARD_RUN_ID=self.run_id, FLEETSHARD_MACHINE=st.machine.name,
+                   FLEETSHARD_COMMIT=self.commit or "")
+        if shard is not None:
+            env.update(FLEETSHARD_SHARD=str(shard.index), FLEETSHARD_TOTAL=str(shard.total),
+                       FLEETSHARD_ATTEMPT=str(attempt), FLEETSHARD_TOKEN=self._token(shard.id, attempt))
+            if junit:
+                env["FLEETSHARD_JUNIT"] = junit
+        return env
+
+    def _token(self, shard_id: str, attempt: int) -> str:
+        return f"{self.run_id}.{shard_id}.{attempt}."
+
+    async def _ready(self, st: _MachineState) -> str | None:
+        """Connect, create the workdir, sync and run setup once per machine; why not, or None."""
+        if st.ready is None:
+            st.ready = asyncio.ensure_future(self._prepare(st))
+        return await st.ready
+
+    async def _prepare(self, st: _MachineState) -> str | None:
+        from .workspace import prepare_machine
+
+        st.used = True
+        try:
+            await st.transport.connect()
+            return await prepare_machine(self, st)
+        except ConnectError as exc:
+            return str(exc)
+
+    async def _run_attempt(self, att: _Attempt) -> None:
+        assert self.suite is not None
+        st = self.machines[att.machine]
+        shard = att.shard
+        started = self.now()
+        log_path = self.run_dir / "logs" / f"{shard.id}-{att.attempt}-{att.machine}.log"
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        outcome, reason, result = Outcome.INFRA_FAILED, "", ProcessResult(None)
+        command = ""
+        junit_remote = None
+        timed_out = False
+        with open(log_path, "w", encoding="utf-8") as log:
+            try:
+                problem = await self._ready(st)
+                if problem is not None:
+                    raise ConnectError(problem)
+                if self.suite.uses_junit:
+                    junit_remote = junit_path(self.suite, run_id=self.run_id, shard=shard, attempt=att.attempt)
+                command = shard_command(self.suite, shard=shard, machine=att.machine, run_id=self.run_id,
+                                        attempt=att.attempt, junit=junit_remote or "")
+                log.write(f"# {att.machine}: {command}\n")
+                stream = self.opts.stream
+                publish = self.publish
+                shard_id, number, machine = shard.id, att.attempt, att.machine
+
+                def on_line(line: str) -> None:
+                    log.write(line + "\n")
+                    tail.append(line)
+                    if stream:
+                        publish(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line,
+                                           at=self.now()))
+
+                if att.cancel_reason is not None:
+                    raise asyncio.CancelledError
+                att.proc = await st.transport.start(command, cwd=st.machine.workdir,
+                                                    env=self._env(st, shard, att.attempt, junit_remote),
+                                                    on_line=on_line)
+                att.wait = asyncio.ensure_future(att.proc.wait())
+                started = self.now()
+                self.queue.put_nowait(ShardRunning(shard_id=shard.id, attempt=att.attempt, machine=att.machine,
+                                                   at=started))
+                self.publish(ShardStarted(machine=att.machine, shard=shard, attempt=att.attempt, command=command,
+                                          log_path=str(log_path), at=started, speculative=att.speculative))
+                if att.cancel_reason is not None and att.killing is None:
+                    att.killing = asyncio.create_task(self._stop(att))
+                try:
+                    result = await asyncio.wait_for(asyncio.shield(att.wait), self.timeout)
+                except TimeoutError:
+                    timed_out = True
+                    await self._stop(att)
+                    result = await att.wait
+                outcome, reason = self._classify(result, timed_out, att)
+            except ConnectError as exc:
+                outcome, reason = Outcome.INFRA_FAILED, str(exc)
+            except asyncio.CancelledError:
+                outcome, reason = Outcome.CANCELLED, att.cancel_reason or "cancelled"
+            if reason:
+                log.write(f"# {outcome}: {reason}\n")
+        if outcome is Outcome.INFRA_FAILED and result.error and st.status != "lost":
+            await self._check_lost(st, result.error)
+        junit_local = None
+        artifacts: list[str] = []
+        if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
+            junit_local = await self._fetch_junit(st, shard, att.attempt, junit_remote)
+            from .workspace import collect_artifacts
+
+            artifacts = await collect_artifacts(self, st, shard, att.attempt)
+        ended = self.now()
+        self.records.append(AttemptRecord(
+            shard_id=shard.id, attempt=att.attempt, machine=att.machine, outcome=str(outcome),
+            started=self.wall(started), ended=self.wall(ended), exit_status=result.exit_status,
+            signal=result.signal, reason=reason, log_path=str(log_path), junit_path=junit_local,
+            speculative=att.speculative, command=command, artifacts=artifacts))
+        self.queue.put_nowait(ShardFinished(
+            machine=att.machine, shard=shard, attempt=att.attempt, outcome=outcome,
+            exit_status=result.exit_status, signal=result.signal, reason=reason, started_at=started, at=ended,
+            log_path=str(log_path), tail=tuple(tail), speculative=att.speculative))
+
+    def _classify(self, result: ProcessResult, timed_out: bool, att: _Attempt) -> tuple[Outcome, str]:
+        if timed_out:
+            return Outcome.TIMED_OUT, f"timed out after {self.timeout:g} s"
+        if att.cancel_reason is not None:
+            return Outcome.CANCELLED, att.cancel_reason
+        if result.error:
+            return Outcome.INFRA_FAILED, result.error
+        if result.signal:
+            return Outcome.INFRA_FAILED, f"killed by signal {result.signal}"
+        status = result.exit_status
+        if status == 0:
+            return Outcome.PASSED, ""
+        if status == CD_FAILED:
+            return Outcome.INFRA_FAILED, f"workdir {self.machines[att.machine].machine.workdir} is missing"
+        if status in self.inv.retry.infra_exit_codes:
+            return Outcome.INFRA_FAILED, f"exit code {status} (configured as an infrastructure failure)"
+        return Outcome.TESTS_FAILED, f"exit code {status}"
+
+    async def _check_lost(self, st: _MachineState, why: str) -> None:
+        """After a dropped channel: is the machine still there? If not, it takes no more work."""
+        try:
+            res, _ = await st.transport.run("true", timeout=st.machine.connect_timeout)
+            alive = res.exit_status == 0
+        except ConnectError:
+            alive = False
+        if not alive and st.status != "lost":
+            st.status = "lost"
+            self.queue.put_nowait(MachineStatus(machine=st.machine.name, status="lost", reason=why,
+                                                at=self.now()))
+
+    async def _fetch_junit(self, st: _MachineState, shard: Shard, attempt: int, remote: str | None
+                           ) -> str | None:
+        if remote is None:
+            return None
+        assert st.machine.workdir is not None or True
+        full = remote if remote.startswith(("/", "~")) else f"{st.machine.workdir or '~'}/{remote}"
+        local = self.run_dir / "junit" / f"{shard.id}-{attempt}.xml"
+        try:
+            found = await st.transport.get_file(full, str(local))
+        except (ConnectError, OSError) as exc:
+            self.notes.append(f"{shard.id} attempt {attempt}: JUnit not collected from {st.machine.name}: {exc}")
+            return None
+        except Exception as exc:  # an SFTP error must not lose the run
+            self.notes.append(f"{shard.id} attempt {attempt}: JUnit not collected: {exc}")
+            return None
+        if not found:
+            self.notes.append(f"shard {shard.id} attempt {attempt} produced no JUnit XML at {full} "
+                              f"on {st.machine.name}")
+            return None
+        return str(local)
+
+    async def _signal(self, att: _Attempt, sig: str) -> None:
+        st = self.machines[att.machine]
+        pgids = [att.proc.pgid] if att.proc is not None and att.proc.pgid is not None else []
+        try:
+            await st.transport.kill_groups(pgids, sig, markers=[f"FLEETSHARD_TOKEN={self._token(att.shard.id, att.attempt)}"])
+        except (ConnectError, OSError):
+            pass
+
+    async def _stop(self, att: _Attempt) -> None:
+        """TERM the attempt's process group, KILL it after the grace period."""
+        if att.wait is None:
+            return
+        await self._signal(att, "TERM")
+        grace = 0.0 if self.interrupts > 1 else self.kill_grace
+        try:
+            await asyncio.wait_for(asyncio.shield(att.wait), grace)
+        except TimeoutError:
+            await self._signal(att, "KILL")
+            try:
+                await asyncio.wait_for(asyncio.shield(att.wait), 5)
+            except TimeoutError:
+                pass
+
+    async def _shutdown(self) -> None:
+        """Nothing of the run survives: stop leftover attempts, sweep every machine, run teardown."""
+        leftovers = [a for a in self.attempts.values() if a.task is not None and not a.task.done()]
+        for att in leftovers:
+            if att.cancel_reason is None:
+                att.cancel_reason = "interrupted"
+                att.killing = asyncio.create_task(self._stop(att))
+        if leftovers:
+            await asyncio.wait([a.task for a in leftovers if a.task is not None], timeout=self.kill_grace + 10)
+        from .workspace import teardown_machine
+
+        used = [st for st in self.machines.values() if st.used and st.status != "lost"]
+        marker = [f"FLEETSHARD_RUN_ID={self.run_id}"]
+
+        async def sweep(st: _MachineState) -> None:
+            try:
+                await st.transport.kill_groups([], "KILL", markers=marker)
+            except (ConnectError, OSError):
+                return
+            await teardown_machine(self, st)
+
+        await asyncio.gather(*(sweep(st) for st in used), return_exceptions=True)
+
+    # -- results -------------------------------------------------------------------------------------
+    def _record(self, sched: Scheduler, shards: Sequence[Shard], strategy: str, code: int,
+                expected: float | None, lower: float | None) -> RunRecord:
+        assert self.suite is not None
+        shard_records = []
+        for s in shards:
+            state = str(sched.state(s.id))
+            shard_records.append(ShardRecord(
+                id=s.id, index=s.index, total=s.total, files=list(s.files), expected=s.expected, state=state,
+                reason=sched.not_run.get(s.id, ""), flaky=s.id in sched.flaky))
+        machines = []
+        for st in self.machines.values():
+            health = st.health.as_dict() if st.health else {}
+            machines.append(MachineRecord(name=st.machine.name, slots=st.slots, speed=st.speed, status=st.status,
+                                          reason="; ".join(st.health.reasons) if st.health else "",
+                                          health=health))
+        return RunRecord(
+            run_id=self.run_id, started=self.t0_wall, ended=time.time(), argv=list(self.opts.argv),
+            inventory=str(self.inv.path), strategy=strategy, mode=self.suite.mode, command=self.suite.command,
+            exit_code=code, machines=machines, shards=shard_records,
+            attempts=sorted(self.records, key=lambda a: (a.started, a.shard_id)),
+            expected_makespan=expected, lower_bound=lower, run_dir=str(self.run_dir), commit=self.commit,
+            notes=list(self.notes))
+
+    def _write_results(self, record: RunRecord, history: Any) -> None:
+        from . import results
+        from .report import write_html
+        from .workspace import ci_outputs, notify
+
+        try:
+            results.tests_from_record(record)
+        except Exception as exc:  # a broken JUnit file is a note, never a lost run
+            record.notes.append(f"JUnit not read: {exc}")
+        outputs: list[tuple[str, Callable[[], None]]] = [
+            ("JSON report", lambda: results.write_json_report(record, self.run_dir / "report.json"))]
+        if self.opts.junit:
+            junit = self.opts.junit
+            outputs.append(("JUnit", lambda: self._merge(record, junit)))
+        if self.opts.json_report:
+            report = self.opts.json_report
+            outputs.append(("JSON report", lambda: results.write_json_report(record, report)))
+        if self.opts.html:
+            html = self.opts.html
+            outputs.append(("HTML report", lambda: write_html(record, html)))
+        for what, write in outputs:
+            try:
+                write()
+            except (OSError, ValueError) as exc:
+                self.notice(f"{what} not written: {exc}", "error")
+        if history is not None:
+            try:
+                history.record_run(record)
+            except HistoryError as exc:
+                self.notice(f"run not recorded in history: {exc} (results files were written)", "warning")
+        ci_outputs(self, record)
+        notify(self, record)
+
+    def _merge(self, record: RunRecord, out: Path) -> None:
+        from . import results
+
+        stats = results.merge_junit(record, out)
+        for note in getattr(stats, "notes", []):
+            if note not in record.notes:
+                record.notes.append(note)
+
+
+def run_command(inv: Inventory, opts: RunOptions) -> int:
+    """`fleetshard run` / `fleetshard plan`: returns the exit code."""
+    run = Run(inv, opts)
+    try:
+        return asyncio.run(run.main())
+    except FleetshardError:
+        raise
+
+
+def write_lines(out: TextIO, lines: Sequence[str]) -> None:
+    for line in lines:
+        out.write(line + "\n")

@@ -1,0 +1,134 @@
+"""The transport seam: what the runner and the probes need from a machine, and nothing more.
+
+A command is always sent as one POSIX ``sh`` script built here with every user-supplied value passed
+through :func:`shlex.quote`. The script starts the shard in the machine's workdir with the inventory's
+env, reports its process-group id on the first output line, and then ``exec``s the command, so the
+reported id is the group every child of the shard belongs to.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+PGID_MARKER = "__fleetshard_pgid__"
+CD_FAILED = 97          # exit status of the wrapper when the workdir does not exist
+
+LineHandler = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How a process ended. ``exit_status`` is None when it never reported one."""
+
+    exit_status: int | None
+    signal: str | None = None
+    error: str | None = None          # e.g. "connection lost: ..." when the channel died
+
+
+def remote_path(path: str) -> str:
+    """A remote path as a shell word: a leading ``~`` expands remotely, the rest is quoted."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _cd(workdir: str) -> str:
+    return "cd " + remote_path(workdir)
+
+
+def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                  report_pgid: bool = True) -> str:
+    """The sh script that runs ``command`` (a shell line) in ``cwd`` with ``env``.
+
+    ``command`` is a shell line on purpose (the suite's command template, whose placeholders were
+    filled with quoted values); it is passed to ``sh -c`` as one quoted argument, never spliced.
+    """
+    parts: list[str] = []
+    if cwd:
+        parts.append(f"{_cd(cwd)} || exit {CD_FAILED}")
+    for key, value in (env or {}).items():
+        if not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise ValueError(f"invalid environment variable name: {key!r}")
+        parts.append(f"export {key}={shlex.quote(value)}")
+    if report_pgid:
+        parts.append(f"echo {PGID_MARKER} $$")
+    parts.append("exec /bin/sh -c " + shlex.quote(command))
+    return "; ".join(parts)
+
+
+def argv_line(argv: Sequence[str]) -> str:
+    """A shell line that runs ``argv`` exactly, each word quoted."""
+    return shlex.join(argv)
+
+
+def kill_script(pgids: Sequence[int], signal: str, *, markers: Sequence[str] = ()) -> str:
+    """Signal every listed process group (and the rest of its session, where pkill exists).
+
+    Stopped processes get SIGCONT too, so a hung (SIGSTOPped) shard can act on TERM. Each marker is
+    an environment assignment (``FLEETSHARD_RUN_ID=…``): on Linux, every process whose environment
+    holds it is signalled as well, which catches children that left the group (daemonised browsers).
+    """
+    if signal not in {"TERM", "KILL", "INT", "HUP"}:
+        raise ValueError(signal)
+    cmds = []
+    for pgid in pgids:
+        pgid = int(pgid)
+        cmds.append(f"kill -{signal} -{pgid} 2>/dev/null; pkill -{signal} -s {pgid} 2>/dev/null; "
+                    f"kill -CONT -{pgid} 2>/dev/null")
+    for marker in markers:
+        cmds.append(
+            f"for f in $(grep -lsa -e {shlex.quote(marker)} /proc/[0-9]*/environ 2>/dev/null); do "
+            f"p=${{f#/proc/}}; p=${{p%/environ}}; [ \"$p\" = $$ ] || kill -{signal} \"$p\" 2>/dev/null; "
+            f"kill -CONT \"$p\" 2>/dev/null; done")
+    return "; ".join(cmds) + "; true"
+
+
+class RemoteProcess(Protocol):
+    """A running shard. Output arrives through the ``on_line`` handler given to ``start``."""
+
+    pgid: int | None
+
+    async def wait(self) -> ProcessResult: ...
+
+    async def signal_group(self, signal: str) -> None: ...
+
+
+class Transport(Protocol):
+    """One machine. Every method is safe to call concurrently for many shards."""
+
+    name: str
+
+    async def connect(self) -> float:
+        """Open the connection (if any) and return the seconds it took. Raises ConnectError."""
+        ...
+
+    async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
+                    on_line: LineHandler) -> RemoteProcess:
+        """Start ``command`` (a shell line) in its own process group."""
+        ...
+
+    async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                  stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
+        """Run a short command to completion and return its result and combined output."""
+        ...
+
+    async def kill_groups(self, pgids: Sequence[int], signal: str, *, markers: Sequence[str] = ()) -> None:
+        """Send ``signal`` to process groups, and to processes carrying a marker (see kill_script)."""
+        ...
+
+    async def get_file(self, remote: str, local: str) -> bool:
+        """Copy a remote file (relative paths: to the login directory) to ``local``; False if absent."""
+        ...
+
+    async def put_file(self, local: str, remote: str) -> None: ...
+
+    async def rtt(self) -> float:
+        """One no-op round trip, in seconds."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,384 @@
+"""The SSH transport (asyncssh).
+
+One connection per machine carries every command as its own channel. sshd refuses channels past its
+``MaxSessions`` (10 by default), so a machine with more slots than fit on one connection gets a
+further connection per ``CHANNELS_PER_CONNECTION`` channels; a small fleet never needs more than one.
+
+Host keys are checked against the machine's known_hosts file. An unknown key is refused unless the
+user passed ``--accept-new-host-keys``, which records it (as OpenSSH's ``accept-new``); a key that
+differs from the recorded one is always refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import shlex
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from ..errors import AuthError, ConnectError, HostKeyError
+from ..inventory import JumpHost, Machine
+from .base import PGID_MARKER, LineHandler, ProcessResult, kill_script, shell_wrapper
+
+CHANNELS_PER_CONNECTION = 8
+KEEPALIVE_COUNT_MAX = 3
+
+
+def _sh(script: str) -> str:
+    """Run ``script`` with /bin/sh whatever the user's login shell is."""
+    return "exec /bin/sh -c " + shlex.quote(script)
+
+
+def _sftp_path(remote: str) -> str:
+    """SFTP does not expand ``~``; relative paths are relative to the login directory."""
+    if remote == "~":
+        return "."
+    return remote[2:] if remote.startswith("~/") else remote
+
+
+def _known_host_pattern(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class _Client(asyncssh.SSHClient):
+    """Records the key the server presented, and accepts it when the user opted in and it is new."""
+
+    def __init__(self, known_hosts: Path, accept_new: bool) -> None:
+        self.known_hosts = known_hosts
+        self.accept_new = accept_new
+        self.presented: asyncssh.SSHKey | None = None
+        self.host_known = False
+        self.accepted = False
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.presented = key
+        self.host_known = _host_has_entry(self.known_hosts, host, addr, port)
+        if self.accept_new and not self.host_known:
+            _record_host_key(self.known_hosts, host, port, key)
+            self.accepted = True
+            return True
+        return False
+
+
+def _host_has_entry(known_hosts: Path, host: str, addr: str, port: int) -> bool:
+    if not known_hosts.exists():
+        return False
+    try:
+        keys = asyncssh.read_known_hosts(str(known_hosts))
+    except (OSError, ValueError):
+        return False
+    matched = keys.match(host, addr, port)
+    return any(matched[:3])
+
+
+def _record_host_key(known_hosts: Path, host: str, port: int, key: asyncssh.SSHKey) -> None:
+    known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    line = f"{_known_host_pattern(host, port)} {key.export_public_key('openssh').decode().strip()}\n"
+    with known_hosts.open("a", encoding="utf-8") as fh:
+        fh.write(line)
+
+
+class SshProcess:
+    def __init__(self, proc: Any, on_line: LineHandler, connection: _Connection) -> None:
+        self._proc = proc
+        self._conn = connection
+        self.pgid: int | None = None
+        self._error: str | None = None
+        self._pgid_seen = asyncio.Event()
+        self._reader = asyncio.create_task(self._read(on_line))
+
+    async def _read(self, on_line: LineHandler) -> None:
+        first = True
+        try:
+            async for line in self._proc.stdout:
+                line = line.rstrip("\r\n")
+                if first:
+                    first = False
+                    if line.startswith(PGID_MARKER):
+                        try:
+                            self.pgid = int(line.split()[1])
+                        except (IndexError, ValueError):
+                            pass
+                        self._pgid_seen.set()
+                        continue
+                    self._pgid_seen.set()
+                on_line(line)
+        except (asyncssh.Error, OSError) as exc:
+            self._error = f"connection lost: {_reason(exc)}"
+        finally:
+            self._pgid_seen.set()
+
+    async def wait(self) -> ProcessResult:
+        await self._reader
+        try:
+            await self._proc.wait_closed()
+        except (asyncssh.Error, OSError) as exc:
+            self._error = self._error or f"connection lost: {_reason(exc)}"
+        finally:
+            self._conn.release()
+        status = self._proc.exit_status
+        sig = self._proc.exit_signal
+        if sig:
+            return ProcessResult(None, str(sig[0]))
+        if status is None or (status == -1 and not sig):
+            return ProcessResult(None, None, self._error or self._conn.lost_reason or "connection lost")
+        return ProcessResult(status)
+
+    async def signal_group(self, signal: str) -> None:
+        await self._pgid_seen.wait()
+        if self.pgid is not None:
+            await self._conn.owner.kill_groups([self.pgid], signal)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+class _Connection:
+    def __init__(self, owner: SshTransport, conn: Any) -> None:
+        self.owner = owner
+        self.conn = conn
+        self.channels = 0
+        self.lost_reason: str | None = None
+
+    def release(self) -> None:
+        self.channels -= 1
+        self.owner._released()
+
+
+class SshTransport:
+    """A machine reached over SSH."""
+
+    def __init__(self, machine: Machine, *, accept_new_host_keys: bool = False,
+                 channels_per_connection: int = CHANNELS_PER_CONNECTION) -> None:
+        self.machine = machine
+        self.name = machine.name
+        self.accept_new = accept_new_host_keys
+        self.channels_per_connection = channels_per_connection
+        self._conns: list[_Connection] = []
+        self._tunnel: Any = None
+        self._lock = asyncio.Lock()
+        self._capacity = asyncio.Condition()
+        self._closed = False
+
+    # -- connecting ---------------------------------------------------------------------------
+    def _target(self) -> str:
+        user = self.machine.user or _local_user()
+        return f"{user}@{self.machine.host}:{self.machine.port}"
+
+    async def _open(self, host: str, port: int, user: str | None, identity_files: Sequence[str],
+                    known_hosts: Path, timeout: float, tunnel: Any = None) -> Any:
+        client = _Client(known_hosts, self.accept_new)
+        keys: list[str] | None = [f for f in identity_files if os.path.exists(f)] or None
+        missing = [f for f in identity_files if not os.path.exists(f)]
+        if identity_files and keys is None and not os.environ.get("SSH_AUTH_SOCK"):
+            raise AuthError(f"{self.name}: identity file {missing[0]} not found and no ssh-agent is running "
+                            f"(SSH_AUTH_SOCK unset): fix identity_file in the inventory or run ssh-add",
+                            machine=self.name)
+        options: dict[str, Any] = dict(
+            port=port, username=user or _local_user(), known_hosts=str(known_hosts) if known_hosts.exists()
+            else (), client_keys=keys, config=[], connect_timeout=timeout,
+            keepalive_interval=max(1.0, timeout), keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            client_factory=lambda: client, tunnel=tunnel, passphrase=None,
+            agent_path=os.environ.get("SSH_AUTH_SOCK") or None,
+        )
+        target = f"{options['username']}@{host}:{port}"
+        try:
+            conn, _ = await asyncio.wait_for(asyncssh.create_connection(None, host, **options), timeout + 1)
+            return conn
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise self._host_key_error(client, host, port, known_hosts) from exc
+        except asyncssh.PermissionDenied as exc:
+            tried = ", ".join(keys) if keys else "the ssh-agent's keys and ~/.ssh/id_*"
+            raise AuthError(f"{self.name}: authentication refused for {target} (tried {tried}): check the "
+                            f"user and identity_file in the inventory, and the machine's authorized_keys",
+                            machine=self.name) from exc
+        except asyncssh.KeyImportError as exc:
+            if "passphrase" in str(exc).lower():
+                raise AuthError(f"{self.name}: identity file {keys[0] if keys else ''} is encrypted and "
+                                f"fleetshard never prompts: load it into ssh-agent with ssh-add",
+                                machine=self.name) from exc
+            raise AuthError(f"{self.name}: cannot read identity file: {_reason(exc)}",
+                            machine=self.name) from exc
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise ConnectError(f"{self.name}: no answer from {host}:{port} within {timeout:g} s",
+                               machine=self.name) from exc
+        except socket.gaierror as exc:
+            raise ConnectError(f"{self.name}: cannot resolve host {host!r}: {exc.strerror}",
+                               machine=self.name) from exc
+        except ConnectionRefusedError as exc:
+            raise ConnectError(f"{self.name}: connection refused by {host}:{port} (is sshd running?)",
+                               machine=self.name) from exc
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectError(f"{self.name}: cannot connect to {target}: {_reason(exc)}",
+                               machine=self.name) from exc
+
+    def _host_key_error(self, client: _Client, host: str, port: int, known_hosts: Path) -> HostKeyError:
+        pattern = _known_host_pattern(host, port)
+        fp = client.presented.get_fingerprint() if client.presented is not None else "unknown"
+        if client.host_known:
+            return HostKeyError(
+                f"{self.name}: HOST KEY CHANGED for {pattern} (server presents {fp}); this may be an attack. "
+                f"If the machine was reinstalled, remove the old key with "
+                f"`ssh-keygen -R '{pattern}' -f {known_hosts}` and connect again", machine=self.name)
+        return HostKeyError(
+            f"{self.name}: unknown host key for {pattern} ({fp}), not in {known_hosts}. Verify it, then "
+            f"add it with `ssh-keyscan -p {port} {host} >> {known_hosts}`, or rerun with "
+            f"--accept-new-host-keys to record new keys", machine=self.name)
+
+    async def _new_connection(self) -> _Connection:
+        m = self.machine
+        tunnel = None
+        if m.jump is not None:
+            if self._tunnel is None:
+                self._tunnel = await self._open_jump(m.jump)
+            tunnel = self._tunnel
+        assert m.host is not None
+        conn = await self._open(m.host, m.port, m.user, m.identity_files, Path(m.known_hosts),
+                                m.connect_timeout, tunnel)
+        wrapper = _Connection(self, conn)
+        self._conns.append(wrapper)
+        return wrapper
+
+    async def _open_jump(self, jump: JumpHost) -> Any:
+        return await self._open(jump.host, jump.port, jump.user, jump.identity_files or
+                                self.machine.identity_files, Path(self.machine.known_hosts),
+                                self.machine.connect_timeout)
+
+    async def connect(self) -> float:
+        start = time.perf_counter()
+        async with self._lock:
+            if not self._live():
+                await self._new_connection()
+        return time.perf_counter() - start
+
+    def _live(self) -> list[_Connection]:
+        live = []
+        for c in self._conns:
+            if c.conn.is_closed():
+                c.lost_reason = c.lost_reason or "connection closed"
+            else:
+                live.append(c)
+        self._conns = [c for c in self._conns if c.channels > 0 or not c.conn.is_closed()]
+        return live
+
+    async def _acquire(self) -> _Connection:
+        """A connection with a free channel, opening another one when all are full."""
+        while True:
+            async with self._lock:
+                live = self._live()
+                for c in live:
+                    if c.channels < self.channels_per_connection:
+                        c.channels += 1
+                        return c
+                if not live or len(live) * self.channels_per_connection < 1024:
+                    c = await self._new_connection()
+                    c.channels += 1
+                    return c
+
+    def _released(self) -> None:
+        return None
+
+    # -- running ------------------------------------------------------------------------------
+    async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
+                    on_line: LineHandler) -> SshProcess:
+        c = await self._acquire()
+        try:
+            proc = await c.conn.create_process(
+                _sh(shell_wrapper(command, cwd=cwd, env=env)), stdin=asyncssh.DEVNULL,
+                stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace")
+        except (asyncssh.Error, OSError) as exc:
+            c.release()
+            raise ConnectError(f"{self.name}: cannot start command: {_reason(exc)}", machine=self.name) from exc
+        return SshProcess(proc, on_line, c)
+
+    async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                  stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
+        c = await self._acquire()
+        try:
+            result = await asyncio.wait_for(
+                c.conn.run(_sh(shell_wrapper(command, cwd=cwd, env=env, report_pgid=False)),
+                           input=stdin, stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace",
+                           check=False), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            return ProcessResult(None, None, f"timed out after {timeout:g} s"), ""
+        except (asyncssh.Error, OSError) as exc:
+            return ProcessResult(None, None, f"connection lost: {_reason(exc)}"), ""
+        finally:
+            c.release()
+        out = result.stdout if isinstance(result.stdout, str) else ""
+        if result.exit_signal:
+            return ProcessResult(None, str(result.exit_signal[0])), out
+        if result.exit_status is None:
+            return ProcessResult(None, None, "connection lost"), out
+        return ProcessResult(result.exit_status), out
+
+    async def kill_groups(self, pgids: Sequence[int], signal: str, *, markers: Sequence[str] = ()) -> None:
+        if not pgids and not markers:
+            return
+        try:
+            await self.run(kill_script(pgids, signal, markers=markers), timeout=self.machine.connect_timeout + 5)
+        except ConnectError:
+            return
+
+    async def rtt(self) -> float:
+        c = await self._acquire()
+        try:
+            start = time.perf_counter()
+            # A global request answered by sshd itself: a round trip with no process behind it.
+            request = getattr(c.conn, "_make_global_request", None)
+            if request is not None:
+                await asyncio.wait_for(request(b"keepalive@openssh.com"), self.machine.connect_timeout)
+            else:  # pragma: no cover - older or newer asyncssh without it: a no-op command instead
+                await c.conn.run("true", check=False)
+            return time.perf_counter() - start
+        finally:
+            c.release()
+
+    # -- files --------------------------------------------------------------------------------
+    async def get_file(self, remote: str, local: str) -> bool:
+        c = await self._acquire()
+        try:
+            async with c.conn.start_sftp_client() as sftp:
+                try:
+                    Path(local).parent.mkdir(parents=True, exist_ok=True)
+                    await sftp.get(_sftp_path(remote), local)
+                except asyncssh.SFTPNoSuchFile:
+                    return False
+                return True
+        finally:
+            c.release()
+
+    async def put_file(self, local: str, remote: str) -> None:
+        c = await self._acquire()
+        try:
+            async with c.conn.start_sftp_client() as sftp:
+                await sftp.put(local, _sftp_path(remote))
+        finally:
+            c.release()
+
+    async def close(self) -> None:
+        self._closed = True
+        for c in self._conns:
+            c.conn.close()
+        for c in self._conns:
+            try:
+                await asyncio.wait_for(c.conn.wait_closed(), 2)
+            except (TimeoutError, asyncio.TimeoutError, asyncssh.Error, OSError):
+                pass
+        self._conns = []
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+
+
+def _local_user() -> str:
+    return getpass.getuser()
