@@ -142,7 +142,6 @@ def run(
 
 def _extra_command(args: list[str]) -> str | None:
     from .errors import UsageError
-
     from .suite import command_from_argv
 
     if not args:

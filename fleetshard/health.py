@@ -33,6 +33,8 @@ def render_table(reports: Sequence[HealthReport], out: TextIO | None = None) -> 
     from rich.table import Table
 
     console = Console(file=out or sys.stdout, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 140)     # CI logs: never squash the table
     table = Table(title="fleetshard health", title_justify="left")
     for col, justify in (("machine", "left"), ("status", "left"), ("address", "left"), ("cores", "right"),
                          ("slots", "right"), ("load", "right"), ("mem used", "right"),

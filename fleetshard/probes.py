@@ -132,8 +132,8 @@ def _address(machine: Machine) -> str:
 
 async def probe(machine: Machine, transport: Transport, thresholds: HealthThresholds) -> HealthReport:
     """Connect, run the probe script and time three no-op round trips; never raises."""
-    base = dict(machine=machine.name, transport=machine.transport, address=_address(machine),
-                tags=machine.tags)
+    base: dict[str, Any] = dict(machine=machine.name, transport=machine.transport,
+                                address=_address(machine), tags=machine.tags)
     deadline = max(thresholds.timeout, 0.5)
     started = time.perf_counter()
     try:
@@ -148,7 +148,7 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
         rtts = [await asyncio.wait_for(transport.rtt(), remaining) for _ in range(3)]
     except ConnectError as exc:
         return HealthReport(**base, reachable=False, healthy=False, reasons=(str(exc),))
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return HealthReport(**base, reachable=False, healthy=False,
                             reasons=(f"{machine.name}: no answer within {deadline:g} s",))
     metrics = metrics_from(parse_probe_output(out))

@@ -471,18 +471,18 @@ def write_json_report(record: RunRecord, out: Path) -> None:
     for attempt in data["attempts"]:
         attempt["started_at"] = _iso(attempt["started"])
         attempt["ended_at"] = _iso(attempt["ended"])
-    text = json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(data), indent=2, default=str, allow_nan=False) + "\n"
     atomic_write_bytes(Path(out), text.encode("utf-8"))
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN or infinity: such floats become null."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

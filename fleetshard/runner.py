@@ -137,8 +137,9 @@ def backoff_from_tenacity(policy: RetryPolicy, jitter: float) -> Callable[[int],
     """Seconds before retry n, from tenacity's exponential wait plus random jitter."""
     import tenacity
 
-    wait = tenacity.wait_exponential(multiplier=policy.backoff_base, exp_base=policy.backoff_factor,
-                                     min=policy.backoff_base, max=policy.backoff_max)
+    wait: tenacity.wait.wait_base = tenacity.wait_exponential(
+        multiplier=policy.backoff_base, exp_base=policy.backoff_factor, min=policy.backoff_base,
+        max=policy.backoff_max)
     if jitter > 0:
         wait = wait + tenacity.wait_random(0, jitter)
 
@@ -170,8 +171,15 @@ class Run:
         self.suite: Suite | None = None
         self.kill_grace = 10.0
         self.timers: list[asyncio.TimerHandle] = []
+        self.background: set[asyncio.Future[Any]] = set()
 
     # -- plumbing ---------------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        """A fire-and-forget task, kept referenced until it is done."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def now(self) -> float:
         return self.clock()
 
@@ -218,7 +226,7 @@ class Run:
             self.queue.put_nowait(CancelRun(reason="interrupted", at=self.now()))
         else:
             for att in list(self.attempts.values()):
-                asyncio.ensure_future(self._signal(att, "KILL"))
+                self._spawn(self._signal(att, "KILL"))
 
     async def _main(self, selected: Sequence[Machine], transports: Mapping[str, Transport]) -> int:
         assert self.suite is not None
@@ -239,7 +247,8 @@ class Run:
         expected: float | None = None
         lower: float | None = None
         if all(s.expected is not None for s in shards) and source != "uniform":
-            sim = planning.simulate(shards, slots, strategy=strategy, assignment=assignment)
+            sim = planning.simulate(shards, slots, strategy=strategy,  # type: ignore[arg-type]
+                                    assignment=assignment)
             expected = sim.makespan
             lower = planning.lower_bound([s.expected or 0.0 for s in shards], slots)
         if self.opts.dry_run:
@@ -332,9 +341,9 @@ class Run:
             except HistoryError as exc:
                 self.notice(f"history: {exc}", "warning")
         estimates = planning.expected_durations(files, known, sizes=file_sizes(files, self.inv.base_dir))
-        shards, explain = planning.build_shards(files, estimates, slots, shards=count,
-                                                strategy=strategy)  # type: ignore[arg-type]
-        return shards, str(explain), estimates.source
+        plan = planning.build_shards(files, estimates, slots, shards=count,
+                                     strategy=strategy)  # type: ignore[arg-type]
+        return plan.shards, plan.why, plan.source
 
     def _print_plan(self, shards: Sequence[Shard], slots: Sequence[MachineSlots], strategy: str,
                     assignment: Mapping[str, str] | None, expected: float | None, lower: float | None,
@@ -432,7 +441,7 @@ class Run:
             for st in list(self.machines.values()):
                 if st.status in ("lost", "drained") or st.slots == 0:
                     continue
-                asyncio.ensure_future(self._reprobe(st))
+                self._spawn(self._reprobe(st))
 
     async def _reprobe(self, st: _MachineState) -> None:
         report = await probe(st.machine, st.transport, self.inv.health)
@@ -443,6 +452,9 @@ class Run:
             self.queue.put_nowait(MachineStatus(machine=st.machine.name, status=status,
                                                 reason="; ".join(report.reasons), at=self.now()))
 
+    def _retry_due(self, shard_id: str) -> None:
+        self.queue.put_nowait(RetryDue(shard_id=shard_id, at=self.now()))
+
     async def _apply(self, decisions: Sequence[Decision]) -> None:
         for d in decisions:
             if isinstance(d, Launch):
@@ -452,9 +464,7 @@ class Run:
             elif isinstance(d, Retry):
                 self.publish(ShardRetrying(shard=d.shard, next_attempt=d.next_attempt, after_s=d.after_s,
                                            avoid=d.avoid, reason=d.reason, at=self.now()))
-                shard_id = d.shard.id
-                self.timers.append(asyncio.get_running_loop().call_later(
-                    d.after_s, lambda: self.queue.put_nowait(RetryDue(shard_id=shard_id, at=self.now()))))
+                self.timers.append(asyncio.get_running_loop().call_later(d.after_s, self._retry_due, d.shard.id))
             elif isinstance(d, Cancel):
                 cancelled = self.attempts.get((d.shard_id, d.attempt))
                 if cancelled is not None and cancelled.cancel_reason is None:
@@ -613,7 +623,6 @@ class Run:
                            ) -> str | None:
         if remote is None:
             return None
-        assert st.machine.workdir is not None or True
         full = remote if remote.startswith(("/", "~")) else f"{st.machine.workdir or '~'}/{remote}"
         local = self.run_dir / "junit" / f"{shard.id}-{attempt}.xml"
         try:
@@ -634,7 +643,8 @@ class Run:
         st = self.machines[att.machine]
         pgids = [att.proc.pgid] if att.proc is not None and att.proc.pgid is not None else []
         try:
-            await st.transport.kill_groups(pgids, sig, markers=[f"FLEETSHARD_TOKEN={self._token(att.shard.id, att.attempt)}"])
+            marker = f"FLEETSHARD_TOKEN={self._token(att.shard.id, att.attempt)}"
+            await st.transport.kill_groups(pgids, sig, markers=[marker])
         except (ConnectError, OSError):
             pass
 

@@ -167,7 +167,8 @@ def summary_markdown(record: RunRecord) -> str:
         record.exit_code, f"exit {record.exit_code}")
     lines = [f"## fleetshard: {verdict}", "",
              f"Run `{record.run_id}`: {c['passed']} passed, {c['failed']} failed, {c['flaky']} flaky, "
-             f"{c['not_run']} not run, {c['retries']} retries, in {record.duration:.0f} s (exit {record.exit_code}).",
+             f"{c['not_run']} not run, {c['retries']} retries, in {record.duration:.0f} s "
+             f"(exit {record.exit_code}).",
              "", "| machine | status | shards | passed | failed | busy |", "|---|---|---|---|---|---|"]
     for m in record.machines:
         mine = [a for a in record.attempts if a.machine == m.name]
@@ -180,10 +181,11 @@ def summary_markdown(record: RunRecord) -> str:
         for s in failed:
             lines.append(f"- `{s.id}` {s.state}: {s.reason or 'tests failed'}"
                          f"{' (' + ', '.join(s.files[:5]) + ')' if s.files else ''}")
-    flaky = [t for t in record.tests if t.flaky] or [s for s in record.shards if s.flaky]
+    flaky = [f"{t.classname}.{t.name}" for t in record.tests if t.flaky] or [
+        f"shard {s.id}" for s in record.shards if s.flaky]
     if flaky:
         lines += ["", "### Flaky", ""]
-        lines += [f"- `{getattr(f, 'name', None) or getattr(f, 'id', '')}`" for f in flaky]
+        lines += [f"- `{name}`" for name in flaky]
     return "\n".join(lines) + "\n"
 
 
@@ -219,8 +221,9 @@ def notification(record: RunRecord) -> dict[str, Any]:
                 for s in record.shards if s.state != "passed"]
     report = str(Path(record.run_dir) / "report.json")
     return {
-        "text": f"fleetshard run {record.run_id}: {verdict} (exit {record.exit_code}): {c['passed']} passed, "
-                f"{c['failed']} failed, {c['flaky']} flaky, {c['not_run']} not run in {record.duration:.0f} s",
+        "text": f"fleetshard run {record.run_id}: {verdict} (exit {record.exit_code}): "
+                f"{c['passed']} passed, {c['failed']} failed, {c['flaky']} flaky, {c['not_run']} not run "
+                f"in {record.duration:.0f} s",
         "run_id": record.run_id, "verdict": verdict, "exit_code": record.exit_code, "counts": c,
         "duration": record.duration, "failures": failures,
         "flaky": [s.id for s in record.shards if s.flaky] + [t.name for t in record.tests if t.flaky],

@@ -187,12 +187,12 @@ class SshTransport:
             port=port, username=user or _local_user(), known_hosts=str(known_hosts) if known_hosts.exists()
             else (), client_keys=keys, config=[], connect_timeout=timeout,
             keepalive_interval=max(1.0, timeout), keepalive_count_max=KEEPALIVE_COUNT_MAX,
-            client_factory=lambda: client, tunnel=tunnel, passphrase=None,
+            tunnel=tunnel, passphrase=None,
             agent_path=os.environ.get("SSH_AUTH_SOCK") or None,
         )
         target = f"{options['username']}@{host}:{port}"
         try:
-            conn, _ = await asyncio.wait_for(asyncssh.create_connection(None, host, **options), timeout + 1)
+            conn, _ = await asyncio.wait_for(asyncssh.create_connection(lambda: client, host, **options), timeout + 1)
             return conn
         except asyncssh.HostKeyNotVerifiable as exc:
             raise self._host_key_error(client, host, port, known_hosts) from exc
@@ -208,7 +208,7 @@ class SshTransport:
                                 machine=self.name) from exc
             raise AuthError(f"{self.name}: cannot read identity file: {_reason(exc)}",
                             machine=self.name) from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise ConnectError(f"{self.name}: no answer from {host}:{port} within {timeout:g} s",
                                machine=self.name) from exc
         except socket.gaierror as exc:
@@ -308,7 +308,7 @@ class SshTransport:
                 c.conn.run(_sh(shell_wrapper(command, cwd=cwd, env=env, report_pgid=False)),
                            input=stdin, stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace",
                            check=False), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return ProcessResult(None, None, f"timed out after {timeout:g} s"), ""
         except (asyncssh.Error, OSError) as exc:
             return ProcessResult(None, None, f"connection lost: {_reason(exc)}"), ""
@@ -372,7 +372,7 @@ class SshTransport:
         for c in self._conns:
             try:
                 await asyncio.wait_for(c.conn.wait_closed(), 2)
-            except (TimeoutError, asyncio.TimeoutError, asyncssh.Error, OSError):
+            except (TimeoutError, asyncssh.Error, OSError):
                 pass
         self._conns = []
         if self._tunnel is not None:
