@@ -117,6 +117,10 @@ def clean_line(line: str) -> str:
     return _CONTROL_RE.sub("", line.replace("\t", "    "))
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _exit_detail(exit_status: int | None, signal: str | None) -> str:
     if signal:
         return f"signal {signal}"
@@ -742,10 +746,7 @@ def verdict_line(record: RunRecord) -> str:
         extra = f", {not_run} not run" if not_run else ""
         return f"FAILED: {failed} of {total} shards failed{extra} (exit {code})"
     if code == EXIT_INFRA:
-        if not_run:
-            text = f"INFRA: {not_run} shard{'s' if not_run != 1 else ''} not run"
-        else:
-            text = "INFRA: infrastructure failure"
+        text = f"INFRA: {_plural(not_run, 'shard')} not run" if not_run else "INFRA: infrastructure failure"
         if failed:
             text += f", {failed} failed"
         return f"{text} (exit {code})"
@@ -826,7 +827,8 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
         flaky_shards = [s.id for s in record.shards if s.flaky]
         flaky_tests = [t for t in record.tests if t.flaky]
         if flaky_shards or flaky_tests:
-            out.append(Text(f"flaky ({len(flaky_shards)} shards, {len(flaky_tests)} tests):", style="yellow"))
+            out.append(Text(f"flaky ({_plural(len(flaky_shards), 'shard')}, {_plural(len(flaky_tests), 'test')}):",
+                            style="yellow"))
             if flaky_shards:
                 out.append(Text(f"  shards: {' '.join(flaky_shards)}"))
             for test in flaky_tests:

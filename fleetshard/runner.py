@@ -117,7 +117,20 @@ class _MachineState:
     ready: asyncio.Future[str | None] | None = None   # None = ready, str = why it cannot run
     status: str = "healthy"
     used: bool = False
-    tags: dict[str, str] = field(default_factory=dict)
+    base_dir: Path = field(default=Path("."), repr=False)
+    workdir: str = field(init=False, default="~")
+
+    def __post_init__(self) -> None:
+        self.workdir = effective_workdir(self.machine, self.base_dir)
+
+
+def effective_workdir(machine: Machine, base_dir: Path) -> str:
+    """Where shards run: the machine's workdir; for `local` machines a relative one (or none) is taken
+    from the inventory's directory, for SSH machines none means the login directory."""
+    wd = machine.workdir
+    if machine.transport == "local" and (wd is None or not (wd.startswith(("/", "~")))):
+        return str((base_dir / (wd or "")).resolve())
+    return wd or "~"
 
 
 def new_run_id() -> str:
@@ -269,16 +282,18 @@ class Run:
                     self.notice(f"{m.name}: left out: {'; '.join(r.reasons)}", "warning", m.name)
                     continue
                 cores = r.cores if r else (os.cpu_count() or 1)
-                states.append(_MachineState(m, transports[m.name], m.slots or cores or 1, m.speed or 1.0, r))
+                states.append(_MachineState(m, transports[m.name], m.slots or cores or 1, m.speed or 1.0, r,
+                                            base_dir=self.inv.base_dir))
         else:
             for r in await probe_all(selected, transports, self.inv.health):
                 m = self.inv.machine(r.machine)
                 if not r.healthy:
                     self.notice(f"{m.name}: left out ({r.status}): {'; '.join(r.reasons)}", "warning", m.name)
                     self.machines[m.name] = _MachineState(m, transports[m.name], 0, m.speed or 1.0, r,
-                                                          status=r.status)
+                                                          status=r.status, base_dir=self.inv.base_dir)
                     continue
-                states.append(_MachineState(m, transports[m.name], m.slots or r.cores or 1, m.speed or 1.0, r))
+                states.append(_MachineState(m, transports[m.name], m.slots or r.cores or 1, m.speed or 1.0, r,
+                                            base_dir=self.inv.base_dir))
         for s in states:
             self.machines[s.machine.name] = s
         if not states:
@@ -545,7 +560,7 @@ class Run:
 
                 if att.cancel_reason is not None:
                     raise asyncio.CancelledError
-                att.proc = await st.transport.start(command, cwd=st.machine.workdir,
+                att.proc = await st.transport.start(command, cwd=st.workdir,
                                                     env=self._env(st, shard, att.attempt, junit_remote),
                                                     on_line=on_line)
                 att.wait = asyncio.ensure_future(att.proc.wait())
@@ -602,7 +617,7 @@ class Run:
         if status == 0:
             return Outcome.PASSED, ""
         if status == CD_FAILED:
-            return Outcome.INFRA_FAILED, f"workdir {self.machines[att.machine].machine.workdir} is missing"
+            return Outcome.INFRA_FAILED, f"workdir {self.machines[att.machine].workdir} is missing"
         if status in self.inv.retry.infra_exit_codes:
             return Outcome.INFRA_FAILED, f"exit code {status} (configured as an infrastructure failure)"
         return Outcome.TESTS_FAILED, f"exit code {status}"
@@ -623,7 +638,7 @@ class Run:
                            ) -> str | None:
         if remote is None:
             return None
-        full = remote if remote.startswith(("/", "~")) else f"{st.machine.workdir or '~'}/{remote}"
+        full = remote if remote.startswith(("/", "~")) else f"{st.workdir}/{remote}"
         local = self.run_dir / "junit" / f"{shard.id}-{attempt}.xml"
         try:
             found = await st.transport.get_file(full, str(local))

@@ -42,7 +42,7 @@ from .model import (
     Shard,
     ShardState,
 )
-from .planning import assign_static, fill_order, lpt_assign
+from .planning import assign_static, fill_order
 
 # ------------------------------------------------------------------------------------------------ inputs
 
@@ -238,13 +238,14 @@ class Scheduler:
         names = [m.name for m in machines]
         if len(set(names)) != len(names):
             raise ValueError("machine names must be unique")
-        for m in machines:
-            if m.slots < 1 or m.speed <= 0:
-                raise ValueError(f"machine {m.name}: slots must be >= 1 and speed > 0")
         self.policy = policy
         self.strategy = strategy
         self._backoff = backoff or exponential_backoff(policy)
         self._machines = {m.name: _Machine(m) for m in machines}
+        for machine in self._machines.values():               # nothing to run on: out from the start
+            if machine.info.slots < 1 or machine.info.speed <= 0:
+                machine.state, machine.reason = MACHINE_DRAINED, "no slots"
+        working = [m for m in machines if self._machines[m.name].state == MACHINE_ACTIVE]
         self._fill_order = [machines[i].name for i in fill_order(machines)]
         self._shards = {s.id: _ShardRun(s, i) for i, s in enumerate(shards)}
         self._retry_queue: list[_Entry] = []          # rejoined after RetryDue: first in line, any machine
@@ -260,15 +261,13 @@ class Scheduler:
         self.flaky: set[str] = set()
         self.not_run: dict[str, str] = {}
 
-        if strategy == "static" and machines:
-            plan = dict(assignment) if assignment is not None else (
-                lpt_assign(shards, machines) if all(s.expected is not None for s in shards)
-                else assign_static(shards, machines))
-            loads = {name: 0.0 for name in self._machines}
+        if strategy == "static" and working:
+            plan = dict(assignment) if assignment is not None else assign_static(shards, working)
+            loads = {m.name: 0.0 for m in working}
             for s in shards:
                 owner = plan.get(s.id)
-                if owner is None or owner not in self._machines:
-                    owner = min(self._fill_order, key=lambda n: loads[n] / self._capacity(n))
+                if owner is None or owner not in loads:
+                    owner = min(loads, key=lambda n: loads[n] / self._capacity(n))
                 loads[owner] += self._weight(s)
                 self._shards[s.id].owner = owner
                 self._queues.setdefault(owner, []).append(_Entry(s.id, owner, None, self._shards[s.id].order))

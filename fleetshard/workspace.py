@@ -32,7 +32,7 @@ ARTIFACT_MAX_BYTES = 200 * 1024 * 1024
 
 
 def _workdir(st: _MachineState) -> str:
-    return st.machine.workdir or "~"
+    return st.workdir
 
 
 def _last_line(text: str) -> str:

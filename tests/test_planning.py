@@ -269,13 +269,16 @@ def test_gss_on_skewed_durations_simulates_close_to_the_lower_bound() -> None:
         assert sim.makespan <= 1.15 * lower_bound(list(est.values()), MIXED)
 
 
-def test_static_auto_is_one_shard_per_slot_sized_to_speed() -> None:
-    files, est = files_and_estimates(4)
-    plan = build_shards(files, est, MIXED, strategy="static")
-    assert len(plan.shards) == 12
-    check_partition(files, plan.shards)
-    sim = simulate(plan.shards, MIXED, strategy="static", assignment=lpt_assign(plan.shards, MIXED))
-    assert sim.makespan <= 1.08 * lower_bound(list(est.values()), MIXED)
+@pytest.mark.parametrize("machines", [MIXED, BIG], ids=["4-6-1-1", "24-8-4"])
+def test_static_auto_is_one_shard_per_slot_sized_to_speed(machines: list[MachineSlots]) -> None:
+    slots = sum(m.slots for m in machines)
+    for seed in range(10):
+        files, est = files_and_estimates(seed)
+        plan = build_shards(files, est, machines, strategy="static")
+        assert len(plan.shards) == slots and "one per slot" in plan.why
+        check_partition(files, plan.shards)
+        sim = simulate(plan.shards, machines, strategy="static", assignment=assign_static(plan.shards, machines))
+        assert sim.makespan <= 1.08 * lower_bound(list(est.values()), machines)
 
 
 def test_file_size_weights_shape_shards_but_are_not_seconds() -> None:

@@ -133,7 +133,10 @@ def test_no_machines_means_not_run() -> None:
     d = make(2, [])
     out = d.on(Start(0.0))
     assert len(of(NotRun, out)) == 2 and out[-1] == Finish(EXIT_INFRA)
-    assert d.sched.not_run["s001"].startswith("no machine left")
+    assert d.sched.not_run["s001"] == "no machine left: no machines"
+    d = make(2, [MachineSlots("zero", 0)], strategy="static")
+    out = d.on(Start(0.0))
+    assert d.sched.not_run["s001"] == "no machine left: zero drained (no slots)"
 
 
 # ------------------------------------------------------------------------------------- infra failures
@@ -520,8 +523,13 @@ class _Pending:
 
 
 def _check_invariants(sched: Scheduler, machines: Sequence[MachineSlots],
-                      cancelled: set[tuple[str, int]]) -> None:
+                      cancelled: set[tuple[str, int]], avoid: dict[str, str | None]) -> None:
     open_ = [r for r in sched.records if r.open]
+    if sched.strategy == "dynamic" and not sched.done:  # no machine idles while work it may take is queued
+        queued = [s for s in avoid if sched.state(s) == ShardState.QUEUED]
+        for m in machines:
+            if sched.machine_state(m.name) == "active" and len(sched.running(m.name)) < m.slots:
+                assert all(avoid[s] == m.name for s in queued), (m.name, queued)
     for m in machines:                                   # slots never exceeded (speculative copies count)
         assert sum(1 for r in open_ if r.machine == m.name) <= m.slots
     live: dict[str, list[AttemptRecord]] = {}
@@ -553,6 +561,7 @@ def _chaos(seed: int) -> tuple[Scheduler, list[str]]:
     lost: set[str] = set()
     finishes: list[Finish] = []
     cancelled: set[tuple[str, int]] = set()
+    avoid: dict[str, str | None] = {s.id: None for s in shards(n)}
 
     def push(at: float, ev: SchedulerEvent) -> _Pending:
         p = _Pending(at, next(seq), ev)
@@ -582,6 +591,7 @@ def _chaos(seed: int) -> tuple[Scheduler, list[str]]:
                 outcome = rng.choices(list(Outcome)[:3], weights=[80, 10, 10])[0]
                 end_attempt(d, outcome, now + dur, "" if outcome == Outcome.PASSED else "chaos")
             elif isinstance(d, Retry):
+                avoid[d.shard.id] = d.avoid
                 push(now + d.after_s, RetryDue(d.shard.id, now + d.after_s))
             elif isinstance(d, Cancel):
                 lx = launched[(d.shard_id, d.attempt)]
@@ -628,7 +638,7 @@ def _chaos(seed: int) -> tuple[Scheduler, list[str]]:
             for rec in sched.running(ev.machine):            # the runner fails what ran there
                 lx = launched[(rec.shard_id, rec.attempt)]
                 end_attempt(lx, Outcome.INFRA_FAILED, now + 0.01, f"machine {ev.status}")
-        _check_invariants(sched, machines, cancelled)
+        _check_invariants(sched, machines, cancelled, avoid)
         if sched.done:
             break
 
