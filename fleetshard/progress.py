@@ -586,7 +586,7 @@ class PlainRenderer:
     def _plain_console(self) -> Console:
         return Console(file=self.console.file, force_terminal=False, force_jupyter=False,
                        force_interactive=False, color_system=None, no_color=True, highlight=False,
-                       emoji=False, width=max(self.console.width, 80), legacy_windows=False)
+                       emoji=False, width=max(self.console.width, 140), legacy_windows=False)
 
     # ---- Renderer
 

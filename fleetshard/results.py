@@ -17,7 +17,7 @@ import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,11 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
+def _junit_time(ts: float) -> str:
+    """Local time without an offset, as the JUnit schema (and pytest) write it."""
+    return datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+
+
 def _add_properties(case: ET.Element, props: Sequence[tuple[str, str]]) -> None:
     holder = case.find("properties")
     if holder is None:
@@ -349,7 +354,7 @@ def _placeholder(shard: ShardRecord, attempt: AttemptRecord | None, label: str,
                  problem: str | None) -> ET.Element:
     case = ET.Element("testcase", classname="fleetshard", name=f"shard {shard.id} ({label})",
                       time=f"{attempt.duration:.3f}" if attempt else "0")
-    if shard.files:
+    if len(shard.files) == 1:
         case.set("file", xml_text(shard.files[0]))
     props = [("fleetshard.shard", shard.id)]
     if attempt is not None:
@@ -382,7 +387,7 @@ def _suite_for(result: _ShardResult, stats: MergeStats) -> ET.Element:
     suite = ET.Element("testsuite", name=xml_text(f"{shard.id}: {files_summary(shard)}"),
                        hostname=xml_text(deciding.machine if deciding else ""))
     if deciding is not None:
-        suite.set("timestamp", _iso(deciding.started))
+        suite.set("timestamp", _junit_time(deciding.started))
     cases: list[ET.Element] = []
     if shard.state == "not-run":
         reason = shard.reason or (deciding.reason if deciding else "") or "unknown reason"
@@ -446,7 +451,7 @@ def merge_junit(record: RunRecord, out: Path) -> MergeStats:
     root.set("errors", str(stats.errors))
     root.set("skipped", str(stats.skipped))
     root.set("time", f"{stats.time:.3f}")
-    root.set("timestamp", _iso(record.started))
+    root.set("timestamp", _junit_time(record.started))
     ET.indent(root)
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
     atomic_write_bytes(Path(out), data)
@@ -460,9 +465,27 @@ def flaky_tests(record: RunRecord) -> list[dict[str, Any]]:
              "machine": t.machine, "attempt": t.attempt} for t in record.tests if t.flaky]
 
 
+def record_dict(record: RunRecord) -> dict[str, Any]:
+    """Equal to ``record.as_dict()``, built from shallow copies (``asdict`` deep-copies: slow for big runs)."""
+    data: dict[str, Any] = {f.name: getattr(record, f.name) for f in fields(RunRecord)}
+    for key in ("machines", "shards", "attempts", "tests"):
+        data[key] = [dict(vars(item)) for item in data[key]]
+    data["duration"] = record.duration
+    data["counts"] = record.counts()
+    return data
+
+
+def dumps(data: Any, *, indent: int | None = None) -> str:
+    """JSON text; NaN and infinities (never valid JSON) become null."""
+    try:
+        return json.dumps(data, indent=indent, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(json_safe(data), indent=indent, default=str, allow_nan=False)
+
+
 def write_json_report(record: RunRecord, out: Path) -> None:
     """``record.as_dict()`` plus version, ISO timestamps, exit description and flaky tests. Atomic."""
-    data = record.as_dict()
+    data = record_dict(record)
     data["version"] = __version__
     data["started_at"] = _iso(record.started)
     data["ended_at"] = _iso(record.ended)
@@ -471,7 +494,7 @@ def write_json_report(record: RunRecord, out: Path) -> None:
     for attempt in data["attempts"]:
         attempt["started_at"] = _iso(attempt["started"])
         attempt["ended_at"] = _iso(attempt["ended"])
-    text = json.dumps(json_safe(data), indent=2, default=str, allow_nan=False) + "\n"
+    text = dumps(data, indent=2) + "\n"
     atomic_write_bytes(Path(out), text.encode("utf-8"))
 
 

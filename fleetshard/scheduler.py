@@ -354,8 +354,8 @@ class Scheduler:
         if ev.outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
             started = rec.running_at if rec.running_at is not None else rec.assigned_at
             self._norm_durations.append(max(0.0, ev.at - started) * machine.info.speed)
-        if ev.outcome.is_infra and machine.state == MACHINE_ACTIVE:
-            machine.infra_failures += 1
+        if ev.outcome.is_infra and kind is None and machine.state == MACHINE_ACTIVE:
+            machine.infra_failures += 1                       # counts only while the machine was in service
             if 0 < self.policy.drain_after <= machine.infra_failures:
                 reason = f"{machine.infra_failures} infrastructure failures"
                 self._set_machine(machine, MACHINE_DRAINED, reason)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 RUNNER = r'''
-import json, os, sys, time, xml.etree.ElementTree as ET
+import hashlib, json, os, sys, time, xml.etree.ElementTree as ET
 args = sys.argv[1:]
 junit = None
 if args and args[0] == "--junit":
@@ -40,7 +40,7 @@ for name in args:
     case = ET.SubElement(suite, "testcase", name="test_" + os.path.basename(name), classname="fake", file=name)
     bad = s.get("fail") or host in s.get("fail_on", [])
     if s.get("fail_once"):
-        marker = os.path.join(os.path.dirname(spec_path), "once-" + str(abs(hash(name)) % 10**9) + "-" + str(s["fail_once"]))
+        marker = os.path.join(os.path.dirname(spec_path), "once-" + hashlib.sha1(name.encode()).hexdigest() + "-" + str(s["fail_once"]))
         try:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             os.close(fd)

@@ -254,3 +254,10 @@ def test_exit_code_description() -> None:
     assert "infrastructure" in exit_code_description(3)
     assert exit_code_description(130) == "interrupted"
     assert exit_code_description(42) == "exit code 42"
+
+
+def test_record_dict_equals_as_dict(tmp_path: Path) -> None:
+    record = build_record(tmp_path)
+    results_mod.tests_from_record(record)
+    record.attempts[0].artifacts = ["a/b.zip"]
+    assert results_mod.record_dict(record) == record.as_dict()
