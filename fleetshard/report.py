@@ -179,14 +179,15 @@ def history_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,
         with History(path) as history:
             rows = history.runs(limit)
     if as_json:
-        console.print_json(json.dumps([
+        console.out(json.dumps([
             {"id": r.id, "started": datetime.fromtimestamp(r.started).astimezone().isoformat(),
              "duration": round(r.duration, 3), "exit_code": r.exit_code, "counts": r.counts,
-             "machines": r.machines, "strategy": r.strategy, "mode": r.mode} for r in rows]))
+             "machines": r.machines, "strategy": r.strategy, "mode": r.mode} for r in rows], indent=2),
+                    highlight=False)
         return 0
     if not rows:
         console.print(f"No runs recorded yet (history: {display_path(path)}). "
-                      "Run `fleetshard run` to record one.", markup=False)
+                      "Run `fleetshard run` to record one.", markup=False, soft_wrap=True)
         return 0
     table = Table(title=f"Recent runs ({display_path(path)})", title_justify="left")
     for column, justify in (("run", "left"), ("when", "left"), ("duration", "right"), ("passed", "right"),
@@ -322,12 +323,13 @@ pre { background: #f5f6f8; border: 1px solid var(--line); padding: 8px; overflow
 .axis { position: relative; height: 20px; margin-left: 140px; border-bottom: 1px solid var(--line); }
 .tick { position: absolute; top: 0; font-size: 11px; color: var(--muted); transform: translateX(-50%);
         white-space: nowrap; }
+.tick.first { transform: none; } .tick.last { transform: translateX(-100%); }
 .row { display: flex; align-items: stretch; border-bottom: 1px solid var(--line); }
 .machine-label { width: 140px; flex: none; padding: 4px 8px 4px 0; overflow: hidden; text-overflow: ellipsis;
                  white-space: nowrap; font-weight: 600; }
 .machine-label small { display: block; font-weight: 400; color: var(--muted); }
 .lane { position: relative; flex: 1; min-height: 26px;
-        background: repeating-linear-gradient(90deg, transparent 0 calc(10% - 1px), #f0f1f3 0 10%); }
+        background-image: linear-gradient(to right, #e9ebee 1px, transparent 1px); }
 .block { position: absolute; height: 20px; border-radius: 3px; color: #fff; font-size: 11px; line-height: 20px;
          padding: 0 4px; overflow: hidden; white-space: nowrap; cursor: default; min-width: 2px;
          border: 1px solid rgba(0,0,0,.25); }
@@ -387,6 +389,19 @@ def _nice_step(span: float) -> float:
     return span / 10
 
 
+def _tick_label(seconds: float) -> str:
+    if seconds <= 0:
+        return "0"
+    if seconds < 60:
+        return f"+{seconds:g}s"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"+{hours}h" + (f" {minutes:02d}m" if minutes else "")
+    return f"+{minutes}m" + (f" {secs:02d}s" if secs else "")
+
+
 def _rows(attempts: Sequence[AttemptRecord]) -> list[tuple[AttemptRecord, int]]:
     """Each attempt with the row (slot) it is drawn on, so that overlapping attempts do not cover each other."""
     rows_end: list[float] = []
@@ -419,18 +434,20 @@ def _timeline(record: RunRecord, metrics: Sequence[MachineMetrics]) -> str:
     span = max(t1 - t0, 1e-3)
     out = ['<div class="timeline">', '<div class="axis">']
     step = _nice_step(span)
-    tick = 0.0
-    while tick <= span + 1e-9:
-        out.append(f'<span class="tick" style="left:{tick / span * 100:.3f}%">+{_e(fmt_duration(tick))}</span>')
-        tick += step
+    ticks = [i * step for i in range(int(span / step + 1e-9) + 1)]
+    for i, tick in enumerate(ticks):
+        where = " first" if i == 0 else " last" if tick / span > 0.95 else ""
+        out.append(f'<span class="tick{where}" style="left:{tick / span * 100:.3f}%">{_tick_label(tick)}</span>')
     out.append("</div>")
+    grid = f"background-size:{min(step / span, 1) * 100:.4f}% 100%"
     for m in metrics:
         placed = _rows([a for a in record.attempts if a.machine == m.name])
         height = max(1, max((row for _, row in placed), default=0) + 1) * 24 + 4
         out.append('<div class="row">')
+        slots = f"{m.slots} slot{'s' if m.slots != 1 else ''}" if m.slots else "? slots"
         out.append(f'<div class="machine-label" title="{_e(m.name)}">{_e(m.name)}'
-                   f'<small>{_e(m.status)} · {m.slots or "?"} slots</small></div>')
-        out.append(f'<div class="lane" data-machine="{_e(m.name)}" style="height:{height}px">')
+                   f'<small>{_e(m.status)} · {slots}</small></div>')
+        out.append(f'<div class="lane" data-machine="{_e(m.name)}" style="height:{height}px;{grid}">')
         for a, row in placed:
             left = (a.started - t0) / span * 100
             width = max(a.duration / span * 100, 0.25)

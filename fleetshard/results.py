@@ -313,6 +313,9 @@ def tests_from_record(record: RunRecord) -> list[str]:
     return notes
 
 
+tests_from_record.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest's collector
+
+
 # --- merged JUnit ------------------------------------------------------------------------------------
 
 def files_summary(shard: ShardRecord, limit: int = 3) -> str:

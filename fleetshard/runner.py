@@ -522,9 +522,15 @@ class Run:
         st.used = True
         try:
             await st.transport.connect()
-            return await prepare_machine(self, st)
+            problem = await prepare_machine(self, st)
         except ConnectError as exc:
-            return str(exc)
+            problem = str(exc)
+        if problem is not None and st.status not in ("lost", "drained"):
+            # Preparation is done once per machine: every shard sent there would fail the same way.
+            st.status = "drained"
+            self.queue.put_nowait(MachineStatus(machine=st.machine.name, status="drained", reason=problem,
+                                                at=self.now()))
+        return problem
 
     async def _run_attempt(self, att: _Attempt) -> None:
         assert self.suite is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import shlex
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -89,10 +90,24 @@ async def teardown_machine(run: Run, st: _MachineState) -> None:
         run.notice(problem, "warning", st.machine.name)
 
 
-async def _remote_listing(st: _MachineState, root: str) -> dict[str, tuple[int, int]] | None:
-    """path -> (size, mtime) of every file under ``root`` on the machine, or None without GNU find."""
+def _static_prefix(pattern: str) -> str:
+    """The leading directories of a glob that hold no wildcard: where to look for its matches."""
+    parts = []
+    for part in pattern.split("/")[:-1]:
+        if any(ch in part for ch in "*?["):
+            break
+        parts.append(part)
+    return "/".join(parts) or "."
+
+
+async def _remote_listing(st: _MachineState, root: str, under: list[str] | None = None
+                          ) -> dict[str, tuple[int, int]] | None:
+    """path -> (size, mtime) of the files below ``under`` (default: all) in ``root`` on the machine;
+    None when the listing failed (no GNU find)."""
+    dirs = " ".join(shlex.quote(d) for d in sorted(set(under or ["."])))
     result, out = await st.transport.run(
-        f"cd {remote_path(root)} 2>/dev/null && find . -type f -printf '%s %T@ %P\\n'", timeout=60)
+        f"cd {remote_path(root)} 2>/dev/null || exit 0; for d in {dirs}; do [ -e \"$d\" ] && "
+        f"find \"$d\" -type f -printf '%s %T@ %p\\n'; done; exit 0", timeout=120)
     if result.exit_status != 0:
         return None
     listing: dict[str, tuple[int, int]] = {}
@@ -100,7 +115,7 @@ async def _remote_listing(st: _MachineState, root: str) -> dict[str, tuple[int, 
         size, _, rest = line.partition(" ")
         mtime, _, path = rest.partition(" ")
         try:
-            listing[path] = (int(size), int(float(mtime)))
+            listing[path.removeprefix("./")] = (int(size), int(float(mtime)))
         except ValueError:
             continue
     return listing
@@ -142,7 +157,7 @@ async def collect_artifacts(run: Run, st: _MachineState, shard: Shard, attempt: 
     dest = run.run_dir / "artifacts" / st.machine.name / shard.id
     saved: list[str] = []
     try:
-        listing = await _remote_listing(st, _workdir(st))
+        listing = await _remote_listing(st, _workdir(st), [_static_prefix(g) for g in globs])
         if listing is None:
             run.notes.append(f"{st.machine.name}: artifacts not listed (needs GNU find)")
             return []

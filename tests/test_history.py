@@ -190,9 +190,9 @@ def test_locked_database(db: Path) -> None:
     try:
         other.execute("BEGIN EXCLUSIVE")
         began = time.monotonic()
-        with pytest.raises(HistoryError, match="locked") as info:
-            with History(db, busy_timeout=0.2) as history:
-                history.record_run(make_run("r1", T0, [("s001", "a", {"t/test_a.py": 1.0}, 0.1)]))
+        run = make_run("r1", T0, [("s001", "a", {"t/test_a.py": 1.0}, 0.1)])
+        with pytest.raises(HistoryError, match="locked") as info, History(db, busy_timeout=0.2) as history:
+            history.record_run(run)
         assert time.monotonic() - began < 3
         assert "history.db" in str(info.value)
         other.execute("ROLLBACK")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,10 +42,10 @@ def failed(name: str, cls: str = "tests.test_a", time: float = 1.0, msg: str = "
 
 
 def attempt(shard: str, n: int, machine: str, outcome: str, start: float, end: float,
-            junit_path: str | None = None, **kw: object) -> AttemptRecord:
+            junit_path: str | None = None, **kw: Any) -> AttemptRecord:
+    kw.setdefault("exit_status", 0 if outcome == "passed" else 1)
     return AttemptRecord(shard_id=shard, attempt=n, machine=machine, outcome=outcome, started=T0 + start,
-                         ended=T0 + end, exit_status=kw.pop("exit_status", 0 if outcome == "passed" else 1),
-                         junit_path=junit_path, **kw)  # type: ignore[arg-type]
+                         ended=T0 + end, junit_path=junit_path, **kw)
 
 
 def build_record(tmp_path: Path) -> RunRecord:
@@ -169,7 +170,7 @@ def test_merge_junit(tmp_path: Path) -> None:
     # flaky shard: the passing attempt's cases, each once; the flaky one marked
     assert s2.get("hostname") == "h1"
     cases = {c.get("name"): c for c in s2.findall("testcase")}
-    assert sorted(cases) == ["test_x", "test_y"]
+    assert sorted(cases, key=str) == ["test_x", "test_y"]
     assert _props(cases["test_y"])["fleetshard.flaky"] == "true"
     assert _props(cases["test_y"])["fleetshard.attempt"] == "2"
     assert "fleetshard.flaky" not in _props(cases["test_x"])
