@@ -248,8 +248,9 @@ class Run:
         usable = await self._check_machines(selected, transports)
         history = self._open_history()
         speeds = self._speeds(history)
+        startup = self._startup(history)
         slots = [MachineSlots(name=s.machine.name, slots=s.slots, speed=speeds.get(s.machine.name, s.speed),
-                              startup=0.0) for s in usable]
+                              startup=startup.get(s.machine.name, 0.0)) for s in usable]
         for s, ms in zip(usable, slots, strict=True):
             s.speed = ms.speed
         strategy = self.opts.strategy or suite.config.strategy or "dynamic"
@@ -310,10 +311,17 @@ class Run:
                 learned = history.machine_speeds()
             except HistoryError as exc:
                 self.notice(f"history: {exc}", "warning")
-        speeds = {}
-        for name, st in self.machines.items():
-            speeds[name] = st.machine.speed or learned.get(name) or 1.0
-        return speeds
+        # Measured beats declared: the inventory's speed serves until history has learned one.
+        return {name: learned.get(name) or st.machine.speed or 1.0 for name, st in self.machines.items()}
+
+    def _startup(self, history: Any) -> dict[str, float]:
+        if history is None:
+            return {}
+        try:
+            startup: dict[str, float] = history.machine_startup()
+        except HistoryError:
+            return {}
+        return startup
 
     # -- planning ------------------------------------------------------------------------------------
     def _open_history(self) -> Any:
@@ -737,7 +745,9 @@ class Run:
         from .workspace import ci_outputs, notify
 
         try:
-            results.tests_from_record(record)
+            for note in results.tests_from_record(record):
+                if note not in record.notes:
+                    record.notes.append(note)
         except Exception as exc:  # a broken JUnit file is a note, never a lost run
             record.notes.append(f"JUnit not read: {exc}")
         outputs: list[tuple[str, Callable[[], None]]] = [

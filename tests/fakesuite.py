@@ -40,7 +40,8 @@ for name in args:
     case = ET.SubElement(suite, "testcase", name="test_" + os.path.basename(name), classname="fake", file=name)
     bad = s.get("fail") or host in s.get("fail_on", [])
     if s.get("fail_once"):
-        marker = os.path.join(os.path.dirname(spec_path), "once-" + hashlib.sha1(name.encode()).hexdigest() + "-" + str(s["fail_once"]))
+        key = hashlib.sha1(name.encode()).hexdigest() + "-" + str(s["fail_once"])
+        marker = os.path.join(os.path.dirname(spec_path), "once-" + key)
         try:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             os.close(fd)
