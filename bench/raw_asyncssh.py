@@ -5,6 +5,7 @@ queue. No logging, no retries, no process groups: the least any asyncssh-based t
 
     python bench/raw_asyncssh.py machines.json --shards 400 --slots 8 [--command true]
     python bench/raw_asyncssh.py machines.json --probe "script"      # one command per machine
+    ... --ciphers aes128-gcm@openssh.com                              # instead of asyncssh's default
 
 machines.json: ``[{"host": …, "port": …, "user": …, "key": …, "known_hosts": …}, …]``.
 Prints one JSON line: {"elapsed": seconds in-process (connect + commands), "ok": commands that exited 0}.
@@ -22,9 +23,13 @@ from typing import Any
 import asyncssh
 
 
+CIPHERS: list[str] | None = None     # None: asyncssh's default order (chacha20-poly1305 first)
+
+
 async def _connect(m: dict[str, Any]) -> Any:
+    extra: dict[str, Any] = {"encryption_algs": CIPHERS} if CIPHERS else {}
     return await asyncssh.connect(m["host"], port=m["port"], username=m["user"], client_keys=[m["key"]],
-                                  known_hosts=m["known_hosts"], config=[], agent_path=None)
+                                  known_hosts=m["known_hosts"], config=[], agent_path=None, **extra)
 
 
 async def dispatch(machines: list[dict[str, Any]], shards: int, slots: int, command: str) -> int:
@@ -69,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--command", default="true")
     ap.add_argument("--probe")
+    ap.add_argument("--ciphers", help="comma-separated encryption algorithms, in order of preference")
     args = ap.parse_args(argv)
+    global CIPHERS
+    CIPHERS = args.ciphers.split(",") if args.ciphers else None
     with open(args.machines) as fh:
         machines = json.load(fh)
     start = time.perf_counter()

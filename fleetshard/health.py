@@ -29,12 +29,11 @@ def _fmt(value: float | None, fmt: str, suffix: str = "") -> str:
 
 
 def render_table(reports: Sequence[HealthReport], out: TextIO | None = None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out or sys.stdout, highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 140)     # CI logs: never squash the table
+    from .console import make_console
+
+    console = make_console(out)
     table = Table(title="fleetshard health", title_justify="left")
     for col, justify in (("machine", "left"), ("status", "left"), ("address", "left"), ("cores", "right"),
                          ("slots", "right"), ("load", "right"), ("mem used", "right"),

@@ -28,6 +28,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .console import make_console
 from .events import (
     Event,
     MachineStatus,
@@ -854,7 +855,7 @@ def make_renderer(*, console: Console | None = None, live: bool | None = None, s
                   status_every: float = 30.0) -> Renderer:
     """A live renderer on a terminal (or when ``live=True``), else plain lines (``live=False``: --no-live)."""
     if console is None:
-        console = Console(stderr=False)
+        console = make_console()
     use_live = console.is_terminal if live is None else live
     if use_live:
         return LiveRenderer(console, stream=stream, quiet=quiet, verbose=verbose, clock=clock)

@@ -160,9 +160,9 @@ def _failed_shards(record: RunRecord) -> list[tuple[ShardRecord, AttemptRecord |
 # --- fleetshard history --------------------------------------------------------------------------------
 
 def _console() -> Console:
-    from rich.console import Console
+    from .console import make_console
 
-    return Console(highlight=False)
+    return make_console()
 
 
 def history_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,

@@ -371,12 +371,12 @@ class Run:
     def _print_plan(self, shards: Sequence[Shard], slots: Sequence[MachineSlots], strategy: str,
                     assignment: Mapping[str, str] | None, expected: float | None, lower: float | None,
                     explain: str, source: str) -> None:
-        from rich.console import Console
         from rich.table import Table
 
+        from .console import make_console
         from .progress import format_duration
 
-        console = self.opts.console or Console()
+        console = self.opts.console or make_console()
         if assignment is None and expected is not None:
             sim = planning.simulate(shards, slots, strategy="dynamic")
             where = {p[0]: p[1] for p in sim.placements}

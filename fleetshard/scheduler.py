@@ -260,6 +260,7 @@ class Scheduler:
         self.records: list[AttemptRecord] = []
         self.flaky: set[str] = set()
         self.not_run: dict[str, str] = {}
+        self._terminal_count = 0                       # shards in a terminal state (each gets there once)
 
         if strategy == "static" and working:
             plan = dict(assignment) if assignment is not None else assign_static(shards, working)
@@ -421,6 +422,8 @@ class Scheduler:
     def _terminal(self, sr: _ShardRun, state: ShardState, out: list[Decision], reason: str = "") -> None:
         if sr.state == ShardState.QUEUED:
             self._dequeue(sr.shard.id)
+        if not sr.state.terminal:
+            self._terminal_count += 1
         sr.state = state
         if state == ShardState.PASSED and sr.had_test_failure:
             self.flaky.add(sr.shard.id)
@@ -526,7 +529,7 @@ class Scheduler:
                     out.append(Cancel(sr.shard.id, attempt, rec.machine, reason))
 
     def _maybe_finish(self, out: list[Decision]) -> None:
-        if self.done:
+        if self.done or self._terminal_count < len(self._shards):   # O(1) on all but the last events
             return
         if not all(sr.state.terminal and not sr.active for sr in self._shards.values()):
             return
