@@ -102,6 +102,7 @@ class HealthThresholds:
     max_load_per_core: float = 2.0
     timeout: float = 5.0
     interval: float = 30.0
+    check: str | None = None           # a command run by each probe: non-zero exit = unhealthy
 
 
 @dataclass(frozen=True)
@@ -499,6 +500,7 @@ _HEALTH_FIELDS: dict[str, _Field] = {
     "max_load_per_core": _Field(_pos_float),
     "timeout": _Field(_pos_float),
     "interval": _Field(_pos_float),
+    "check": _Field(_str, nullable=True),
 }
 
 _RETRY_FIELDS: dict[str, _Field] = {

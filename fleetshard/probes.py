@@ -32,6 +32,11 @@ df -Pk "$d" 2>/dev/null | awk 'NR==2 {print "disk_total_kb=" $2; print "disk_ava
 echo "os=$(uname -s)"
 echo "arch=$(uname -m)"
 echo "dir=$d"
+if [ -n "${FLEETSHARD_HEALTH_CHECK:-}" ]; then
+  out=$(/bin/sh -c "$FLEETSHARD_HEALTH_CHECK" 2>&1 </dev/null); rc=$?
+  echo "check_exit=$rc"
+  echo "check_out=$(printf '%s\n' "$out" | tail -n 1)"
+fi
 """
 
 
@@ -139,8 +144,10 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
     try:
         connect_s = await asyncio.wait_for(transport.connect(), deadline)
         remaining = max(0.5, deadline - (time.perf_counter() - started))
-        result, out = await transport.run(PROBE_SCRIPT, env={"FLEETSHARD_PROBE_DIR": machine.workdir or "~"},
-                                          timeout=remaining)
+        env = {"FLEETSHARD_PROBE_DIR": machine.workdir or "~", "FLEETSHARD_MACHINE": machine.name}
+        if thresholds.check:
+            env["FLEETSHARD_HEALTH_CHECK"] = thresholds.check
+        result, out = await transport.run(PROBE_SCRIPT, env=env, timeout=remaining)
         if result.exit_status != 0:
             why = result.error or f"probe exited with {result.exit_status or result.signal}"
             return HealthReport(**base, reachable=result.error is None, healthy=False, reasons=(why,),
@@ -151,8 +158,13 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
     except TimeoutError:
         return HealthReport(**base, reachable=False, healthy=False,
                             reasons=(f"{machine.name}: no answer within {deadline:g} s",))
-    metrics = metrics_from(parse_probe_output(out))
+    values = parse_probe_output(out)
+    metrics = metrics_from(values)
     reasons = judge(metrics, thresholds)
+    if values.get("check_exit", "0") != "0":
+        last = values.get("check_out", "")
+        reasons.append(f"health check `{thresholds.check}` failed (exit {values['check_exit']})"
+                       + (f": {last}" if last else ""))
     return HealthReport(**base, reachable=True, healthy=not reasons, reasons=tuple(reasons),
                         slots=machine.slots or metrics["cores"], connect_s=round(connect_s, 4),
                         latency_ms=round(statistics.median(rtts) * 1000, 2),

@@ -450,9 +450,25 @@ class Run:
         return code
 
     async def _ticker(self) -> None:
+        """Ticks for the scheduler; and a watchdog: when no machine has been healthy for a long time,
+        the unhealthy ones are given up on (their shards end "not run") instead of waiting forever."""
+        patience = max(3 * self.inv.health.interval, 60.0)
+        none_healthy_since: float | None = None
         while True:
             await asyncio.sleep(1.0)
-            self.queue.put_nowait(Tick(at=self.now()))
+            now = self.now()
+            self.queue.put_nowait(Tick(at=now))
+            unhealthy = [st for st in self.machines.values() if st.status == "unhealthy"]
+            if any(st.status == "healthy" for st in self.machines.values()) or not unhealthy:
+                none_healthy_since = None
+                continue
+            none_healthy_since = none_healthy_since or now
+            if now - none_healthy_since >= patience:
+                for st in unhealthy:
+                    st.status = "lost"
+                    self.queue.put_nowait(MachineStatus(
+                        machine=st.machine.name, status="lost", at=now,
+                        reason=f"unhealthy for {patience:.0f} s: {'; '.join(st.health.reasons) if st.health else ''}"))
 
     async def _reprober(self) -> None:
         """Probe the machines again every health.interval: drain the ones that turn bad, rejoin the rest."""
