@@ -31,7 +31,8 @@ def test_help_version_and_completion() -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("machines:\n  pi: {host: pi.lan, slots: four}\n", 'machines.yaml:2: machines.pi.slots: expected a positive integer, got "four"'),
+    ("machines:\n  pi: {host: pi.lan, slots: four}\n",
+     'machines.yaml:2: machines.pi.slots: expected a positive integer, got "four"'),
     ("machines: [\n", "machines.yaml:"),
     ("- a\n- b\n", "machines.yaml:1:"),
     ("", "no machines defined"),
