@@ -22,7 +22,6 @@ from typing import Any
 
 import asyncssh
 
-
 CIPHERS: list[str] | None = None     # None: asyncssh's default order (chacha20-poly1305 first)
 
 

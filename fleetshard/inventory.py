@@ -54,7 +54,6 @@ Strategy = Literal["static", "dynamic"]
 INVENTORY_ENV = "FLEETSHARD_INVENTORY"
 DEFAULT_INVENTORY = "machines.yaml"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-PLACEHOLDERS = ("shard", "total", "files", "junit", "machine", "run_id")
 
 
 # --- models ----------------------------------------------------------------------------------------
@@ -499,7 +498,7 @@ _HEALTH_FIELDS: dict[str, _Field] = {
     "max_mem_used_pct": _Field(_pct),
     "max_load_per_core": _Field(_pos_float),
     "timeout": _Field(_pos_float),
-    "interval": _Field(_pos_float),
+    "interval": _Field(_nonneg_float),     # 0: no re-probes during a run
     "check": _Field(_str, nullable=True),
 }
 

@@ -23,7 +23,10 @@ from .model import Shard
 
 PLACEHOLDERS = ("shard", "total", "files", "junit", "machine", "run_id", "attempt")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
-_FILE_OF_ID = re.compile(r"^(?P<file>.+?)(?:::|:\d+(?::\d+)?\b)")
+_FILE_OF_ID = re.compile(r"^(?P<file>.+?)(?:::|:\d+(?::\d+)?\b|: \d+$)")
+_PROJECT_PREFIX = re.compile(r"^\[[^\]]*\]\s*(?:›|>)\s*")          # a runner's "[chromium] › " prefix
+_SUMMARY = re.compile(r"^(=+|-+|\d+ (tests?|items?|files?)\b|collected \d+|no tests ran|Total:|Listing tests)",
+                      re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,8 @@ def files_from_listing(text: str) -> list[str]:
     files: list[str] = []
     seen: set[str] = set()
     for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = _PROJECT_PREFIX.sub("", raw.strip())
+        if not line or line.startswith("#") or _SUMMARY.match(line):
             continue
         match = _FILE_OF_ID.match(line)
         name = match.group("file") if match else line

@@ -208,6 +208,16 @@ def _annotation(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
+def _annotation_property(text: str) -> str:
+    return _annotation(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def error_annotation(message: str, *, title: str, file: str | None = None) -> str:
+    """A GitHub Actions ``::error`` workflow command."""
+    props = ([f"file={_annotation_property(file)}"] if file else []) + [f"title={_annotation_property(title)}"]
+    return f"::error {','.join(props)}::{_annotation(message)}"
+
+
 def ci_outputs(run: Run, record: RunRecord) -> None:
     """GitHub Actions: a step summary when GITHUB_STEP_SUMMARY is set; ::error annotations."""
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -220,13 +230,11 @@ def ci_outputs(run: Run, record: RunRecord) -> None:
     if os.environ.get("GITHUB_ACTIONS") == "true":
         failed_tests = [t for t in record.tests if t.outcome in ("failed", "error")]
         for t in failed_tests:
-            where = f" file={t.file}," if t.file else ""
-            print(f"::error{where.rstrip(',')} title=fleetshard: {t.classname}.{t.name} failed on "
-                  f"{t.machine}::{_annotation(t.message or 'failed')}", flush=True)
+            print(error_annotation(t.message or "failed", file=t.file,
+                                   title=f"{t.classname}.{t.name} failed on {t.machine}"), flush=True)
         for s in record.shards:
             if s.state == "not-run" or (s.state == "failed" and not failed_tests):
-                print(f"::error title=fleetshard: shard {s.id} {s.state}::{_annotation(s.reason or s.state)}",
-                      flush=True)
+                print(error_annotation(s.reason or s.state, title=f"fleetshard: shard {s.id} {s.state}"), flush=True)
 
 
 def notification(record: RunRecord) -> dict[str, Any]:

@@ -570,8 +570,9 @@ class SshFleet:
                 "connect_timeout": 3,
             }
         }
-        if health is not None:
-            doc["health"] = dict(health)
+        # All fake machines share this machine's CPU, which other work keeps busy: a test that wants an
+        # unhealthy machine sets its own thresholds.
+        doc["health"] = {"max_load_per_core": 1000, **dict(health or {})}
         entries: dict[str, dict[str, Any]] = {}
         for name in chosen:
             m = self.machine(name)

@@ -164,3 +164,12 @@ def test_encrypted_key_without_agent_fails_fast(fleet: SshFleet, fleet_inventory
     reason = json.loads(res.out)["machines"][0]["reasons"][0]
     assert "encrypted" in reason and "ssh-add" in reason
     assert "secret-pass" not in res.out + res.err
+
+
+def test_missing_known_hosts_file_trusts_nothing(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                 tmp_path: Path) -> None:
+    inv = fleet_inventory(machines=["h1"], extra_machine_keys={"h1": {"known_hosts": str(tmp_path / "none")}})
+    res = fleetshard("health", "-i", inv, "--json")
+    assert res.code == 3
+    assert "unknown host key" in json.loads(res.out)["machines"][0]["reasons"][0]
+    assert not (tmp_path / "none").exists()

@@ -181,18 +181,25 @@ class SshTransport:
     async def _open(self, host: str, port: int, user: str | None, identity_files: Sequence[str],
                     known_hosts: Path, timeout: float, tunnel: Any = None) -> Any:
         client = _Client(known_hosts, self.accept_new)
-        keys: list[str] | None = [f for f in identity_files if os.path.exists(f)] or None
+        agent = os.environ.get("SSH_AUTH_SOCK") or None
+        keys = [f for f in identity_files if os.path.exists(f)]
         missing = [f for f in identity_files if not os.path.exists(f)]
-        if identity_files and keys is None and not os.environ.get("SSH_AUTH_SOCK"):
+        if identity_files and not keys and not agent:
             raise AuthError(f"{self.name}: identity file {missing[0]} not found and no ssh-agent is running "
                             f"(SSH_AUTH_SOCK unset): fix identity_file in the inventory or run ssh-add",
                             machine=self.name)
+        # No readable key file: () lets asyncssh use the agent and the default ~/.ssh/id_* keys (None would
+        # turn public-key authentication off). With an agent, an encrypted key file is skipped: its key may
+        # be in the agent, and fleetshard never prompts for a passphrase.
+        client_keys: list[str] | tuple[()] = keys or ()
+        # A known_hosts file that does not exist yet trusts nothing (never "no verification").
+        trusted: Any = str(known_hosts) if known_hosts.exists() else asyncssh.import_known_hosts("")
         options: dict[str, Any] = dict(
-            port=port, username=user or _local_user(), known_hosts=str(known_hosts) if known_hosts.exists()
-            else (), client_keys=keys, config=[], connect_timeout=timeout,
+            port=port, username=user or _local_user(), known_hosts=trusted, client_keys=client_keys,
+            ignore_encrypted=agent is not None, config=[], connect_timeout=timeout,
             keepalive_interval=max(1.0, timeout), keepalive_count_max=KEEPALIVE_COUNT_MAX,
             tunnel=tunnel, passphrase=None, encryption_algs=list(ENCRYPTION_ALGS),
-            agent_path=os.environ.get("SSH_AUTH_SOCK") or None,
+            agent_path=agent,
         )
         target = f"{options['username']}@{host}:{port}"
         try:
@@ -201,7 +208,9 @@ class SshTransport:
         except asyncssh.HostKeyNotVerifiable as exc:
             raise self._host_key_error(client, host, port, known_hosts) from exc
         except asyncssh.PermissionDenied as exc:
-            tried = ", ".join(keys) if keys else "the ssh-agent's keys and ~/.ssh/id_*"
+            tried = ", ".join(keys) if keys else "the default keys ~/.ssh/id_*"
+            if agent:
+                tried += " and the ssh-agent's keys"
             raise AuthError(f"{self.name}: authentication refused for {target} (tried {tried}): check the "
                             f"user and identity_file in the inventory, and the machine's authorized_keys",
                             machine=self.name) from exc
