@@ -126,10 +126,10 @@ def close_masters(config: Path, names: Sequence[str]) -> None:
                        check=False)
 
 
-def parallel_env() -> dict[str, str]:
+def parallel_env(work: Path) -> dict[str, str]:
     """GNU parallel keeps state in $HOME/.parallel; give it a private one and skip the citation notice."""
-    home = Path(tempfile.mkdtemp(prefix="fleetshard-bench-parallel-"))
-    (home / ".parallel").mkdir()
+    home = work / "parallel-home"
+    (home / ".parallel").mkdir(parents=True, exist_ok=True)
     (home / ".parallel" / "will-cite").write_text("")
     return {"HOME": str(home), "PARALLEL_HOME": str(home / ".parallel")}
 

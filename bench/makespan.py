@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             (base / "inputs").write_text("\n".join(names) + "\n")
             try:
                 t = timed([par, "--will-cite", "--ssh", f"ssh -F {cfg}", "-S", logins, "--joblog", str(joblog),
-                           "-a", str(base / "inputs"), "python3", str(shared.runner)], env=parallel_env(),
+                           "-a", str(base / "inputs"), "python3", str(shared.runner)], env=parallel_env(base),
                           check=False)
             finally:
                 close_masters(cfg, f.names)
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             results["GNU parallel"] = span
             rows.append([f"GNU parallel -S, input order ({ok}/{n} ok)", span, span / lb, t.wall])
         shared.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
     rel = [round(1 / s, 2) for s in SLOWNESS]
     print(f"\nmakespan: {n} tests, {sum(durs):.1f} s of work at speed 1 (lognormal sigma 1, longest "

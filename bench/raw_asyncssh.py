@@ -59,7 +59,7 @@ async def probe(machines: list[dict[str, Any]], script: str) -> int:
         try:
             async with await _connect(m) as conn:
                 result = await conn.run(script, check=False)
-                return result.exit_status == 0
+                return bool(result.exit_status == 0)
         except (OSError, asyncssh.Error):
             return False
 

@@ -3,8 +3,8 @@
     python bench/scale.py [--machines 64] [--shards 10000] [--repeat 3] [--quick]
 
 1. Health over 64 sshd machines, each as a whole process (interpreter start-up included):
-   `fleetshard health`; parallel-ssh -p 64 and GNU parallel (--nonall -j 64) running the same probe
-   script over ssh; the bare asyncssh script (bench/raw_asyncssh.py --probe). The slowest single
+   `fleetshard health`; parallel-ssh -p 64 and GNU parallel (-j 64, one `ssh host probe` per machine)
+   running the same probe script; the bare asyncssh script (bench/raw_asyncssh.py --probe). The slowest single
    machine's probe inside fleetshard's run (its own `probe_s`) and `fleetshard health` on one machine
    are shown for reference.
 2. A trivial run over the 64 machines (`true`, 2 shards per machine), with and without health probes.
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         hosts = work / "hosts"
         hosts.write_text("\n".join(f.names) + "\n")
         par, pssh = gnu_parallel(), pssh_binary()
-        penv = parallel_env()
+        penv = parallel_env(work)
 
         def fs_health() -> Timed:
             return timed(fleetshard_argv("health", "-i", inv, "--json"), cwd=work, check=False)
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "-o", str(out), probe], check=False))
             if par and not args.no_peers:
                 runs["parallel"].append(timed(
-                    [par, "--will-cite", "--nonall", "-j", str(n), "--ssh", f"ssh -F {cfg}",
-                     "-S", ",".join(f.names), probe], env=penv, check=False))
+                    [par, "--will-cite", "-j", str(n), "ssh", "-F", str(cfg), "{}", probe, ":::", *f.names],
+                    env=penv, check=False))
         fs = best(runs["fleetshard"])
         reports = json.loads(fs.out)["machines"]
         healthy = sum(r["healthy"] for r in reports)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         r = best(runs["raw"])
         health_rows.append([f"bare asyncssh script ({json.loads(r.out)['ok']}/{n} ok)", r.wall,
                             statistics.median(t.wall for t in runs["raw"]), r.cpu])
-        for key, label in (("pssh", f"parallel-ssh -p {n}"), ("parallel", f"GNU parallel --nonall -j {n}")):
+        for key, label in (("pssh", f"parallel-ssh -p {n}"), ("parallel", f"GNU parallel -j {n} ssh")):
             if not runs[key]:
                 note(f"{label}: not installed or skipped")
                 continue
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                            t.maxrss_kb // 1024])
         note(f"{shards} shards: {shards / t.wall:.0f} shards/s, {1000 * t.cpu / shards:.2f} ms CPU per shard")
 
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\nscale: {n} sshd machines on loopback, {os.cpu_count()} cores; best (and median) of {repeat}; "
           f"whole processes\n")
     print(table(["health", "best s", "median s", "cpu s"], health_rows))

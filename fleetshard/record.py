@@ -25,6 +25,8 @@ class AttemptRecord:
     speculative: bool = False
     command: str = ""
     artifacts: list[str] = field(default_factory=list)
+    queued: float | None = None       # state timestamps: queued -> assigned -> running (= started) -> ended
+    assigned: float | None = None
 
     @property
     def duration(self) -> float:

@@ -459,7 +459,7 @@ class Run:
             now = self.now()
             self.queue.put_nowait(Tick(at=now))
             unhealthy = [st for st in self.machines.values() if st.status == "unhealthy"]
-            if any(st.status == "healthy" for st in self.machines.values()) or not unhealthy:
+            if any(st.status in ("healthy", "degraded") for st in self.machines.values()) or not unhealthy:
                 none_healthy_since = None
                 continue
             none_healthy_since = none_healthy_since or now
@@ -616,6 +616,9 @@ class Run:
                 log.write(f"# {outcome}: {reason}\n")
         if outcome is Outcome.INFRA_FAILED and result.error and st.status != "lost":
             await self._check_lost(st, result.error)
+        if outcome.is_infra and st.status == "healthy":
+            st.status = "degraded"           # shown in its row; still takes work until drained or lost
+            self.publish(MachineStatus(machine=st.machine.name, status="degraded", reason=reason, at=self.now()))
         junit_local = None
         artifacts: list[str] = []
         if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
@@ -719,15 +722,19 @@ class Run:
             await asyncio.wait([a.task for a in leftovers if a.task is not None], timeout=self.kill_grace + 10)
         from .workspace import teardown_machine
 
-        used = [st for st in self.machines.values() if st.used and st.status != "lost"]
+        used = [st for st in self.machines.values() if st.used]
         marker = [f"FLEETSHARD_RUN_ID={self.run_id}"]
 
         async def sweep(st: _MachineState) -> None:
+            # A lost machine is tried too (once, within its connect timeout): if its link came back,
+            # whatever the run left there dies now.
             try:
-                await st.transport.kill_groups([], "KILL", markers=marker)
-            except (ConnectError, OSError):
+                await asyncio.wait_for(st.transport.kill_groups([], "KILL", markers=marker),
+                                       st.machine.connect_timeout + 5)
+            except (ConnectError, OSError, TimeoutError):
                 return
-            await teardown_machine(self, st)
+            if st.status != "lost":
+                await teardown_machine(self, st)
 
         await asyncio.gather(*(sweep(st) for st in used), return_exceptions=True)
 
@@ -747,6 +754,11 @@ class Run:
             machines.append(MachineRecord(name=st.machine.name, slots=st.slots, speed=st.speed, status=st.status,
                                           reason="; ".join(st.health.reasons) if st.health else "",
                                           health=health))
+        states = {(r.shard_id, r.attempt): r for r in sched.records}
+        for a in self.records:
+            seen = states.get((a.shard_id, a.attempt))
+            if seen is not None:
+                a.queued, a.assigned = self.wall(seen.queued_at), self.wall(seen.assigned_at)
         return RunRecord(
             run_id=self.run_id, started=self.t0_wall, ended=time.time(), argv=list(self.opts.argv),
             inventory=str(self.inv.path), strategy=strategy, mode=self.suite.mode, command=self.suite.command,

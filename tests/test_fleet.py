@@ -170,7 +170,7 @@ def test_write_inventory(fleet: SshFleet, fleet_inventory: WriteInventory) -> No
         "gone": {"host": "127.0.0.250", "port": 1},
     }
     assert doc["suite"]["command"] == "pytest {files}"
-    assert doc["health"] == {"timeout": 2}
+    assert doc["health"] == {"max_load_per_core": 1000, "timeout": 2}
     assert doc["ignored_by_nobody"] is True
     default = yaml.safe_load(fleet_inventory(path=path.with_name("all.yaml")).read_text())
     assert [e["slots"] for e in default["machines"].values()] == [2, 2, 2, 2]

@@ -136,7 +136,8 @@ def test_ssh_config_alias(fleet: SshFleet, tmp_path: Path) -> None:
         f"Host buildbox\n  HostName {m.address}\n  Port {m.port}\n  User {fleet.user}\n"
         f"  IdentityFile {fleet.client_key}\n")
     inv = tmp_path / "machines.yaml"
-    inv.write_text(f"defaults:\n  known_hosts: {fleet.known_hosts}\nmachines:\n  box: {{host: buildbox}}\n")
+    inv.write_text(f"defaults:\n  known_hosts: {fleet.known_hosts}\nmachines:\n  box: {{host: buildbox}}\n"
+                   "health: {max_load_per_core: 1000}\n")
     res = fleetshard("health", "-i", inv, "--json", env={"HOME": str(home)})
     assert res.code == 0, res.out + res.err
     (data,) = json.loads(res.out)["machines"]

@@ -601,7 +601,7 @@ def test_machine_field_errors(setting: str, field: str, message: str) -> None:
         ("machines: {a: }\nhealth: {timeout: 0}\n",
          "machines.yaml:2: health.timeout: expected a positive number, got 0"),
         ("machines: {a: }\nhealth: {interval: -5}\n",
-         "machines.yaml:2: health.interval: expected a positive number, got -5"),
+         "machines.yaml:2: health.interval: expected a non-negative number, got -5"),
         ("machines: {a: }\nhealth: [1]\n",
          "machines.yaml:2: health: expected a mapping, got a list"),
         ("machines: {a: }\nretry: {max_retries: -1}\n",
