@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "-o", str(out), probe], check=False))
             if par and not args.no_peers:
                 runs["parallel"].append(timed(
-                    [par, "--will-cite", "-j", str(n), "ssh", "-F", str(cfg), "{}", probe, ":::", *f.names],
+                    [par, "--will-cite", "-q", "-j", str(n), "ssh", "-F", str(cfg), "{}", probe, ":::", *f.names],
                     env=penv, check=False))
         fs = best(runs["fleetshard"])
         reports = json.loads(fs.out)["machines"]
