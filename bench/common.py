@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 from fleet import SshFleet  # noqa: E402
 
 PYTHON = sys.executable
+# Every `python -m fleetshard` a benchmark starts runs this checkout, whatever copy pip installed last.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 
 @contextlib.contextmanager

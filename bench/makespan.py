@@ -27,6 +27,7 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                        "--speculate")
         run_fleetshard("fleetshard dynamic, speeds not declared", project("nospeeds", speeds=False),
                        "--strategy", "dynamic")
+        plan = subprocess.run(fleetshard_argv("plan", "-i", dyn / "machines.yaml", "--skip-health-checks"),
+                              cwd=dyn, capture_output=True, text=True, check=False)
+        for line in plan.stdout.splitlines()[-3:]:
+            note(f"plan with history: {line.strip()}")
         run_fleetshard("fleetshard dynamic, with history (2nd run)", dyn, "--strategy", "dynamic")
 
         par = gnu_parallel()

@@ -12,7 +12,11 @@ File mode (``build_shards``):
   each batch is about ``remaining work / (k × total slots)`` (k = 2), so shards shrink towards the end of
   the queue and the last ones fill the gaps; with a known start-up cost, no batch is made much smaller than
   a few start-ups' worth of work;
-* ``auto`` with the static strategy makes one shard per slot, sized to the slot's machine speed.
+* ``auto`` with the static strategy makes one shard per slot, sized to the slot's machine speed;
+* ``auto`` with the dynamic strategy and durations from history plans per slot instead: files go longest
+  first onto the slot that would finish them earliest (LPT with machine speeds), then each slot's files are
+  cut into shards of at least ``PLANNED_STARTUPS`` start-ups of work, so the plan stays balanced while each
+  shard's fixed cost stays small; the scheduler runs those lists and lets a machine that runs dry steal.
 
 Native mode (``native_shards``): the suite's own ``--shard={shard}/{total}``; fleetshard only picks the count.
 """
@@ -33,6 +37,7 @@ EstimateSource = Literal["history", "filesize", "uniform"]
 
 GSS_K = 2.0                 # batch ≈ remaining work / (GSS_K × total slots)
 STARTUP_FACTOR = 3.0        # with a known start-up cost, batches of at least this many start-ups of work
+PLANNED_STARTUPS = 10.0     # with history: a shard carries at least this many start-ups of work (≤ 10 % overhead)
 NATIVE_DYNAMIC_CAP = 64     # auto native shard count for the dynamic strategy: 2 × slots, at most this ...
                             # ... unless there are more slots than that (then one per slot)
 
@@ -202,6 +207,12 @@ def build_shards(files: Sequence[str], estimates: Estimates | Mapping[str, float
         groups = _lpt_bins(unique, weights, speeds)
         why = (f"{len(groups)} shards: static strategy, one per slot ({total_slots} slots on "
                f"{len(usable)} machines), sized to each machine's speed ({basis})")
+    elif real and usable:
+        groups = _planned_chunks(unique, weights, usable)
+        startup = sum(m.startup * m.slots for m in usable) / total_slots
+        why = (f"{len(groups)} shards from {len(unique)} files: planned per slot, longest first onto the slot "
+               f"that finishes it earliest, cut into shards of at least {PLANNED_STARTUPS:g} start-ups "
+               f"(~{startup:.2f}s each) of work ({basis})")
     else:
         min_work = 0.0
         startup = 0.0
@@ -218,6 +229,38 @@ def build_shards(files: Sequence[str], estimates: Estimates | Mapping[str, float
     groups = [sorted(g, key=position.__getitem__) for g in groups]
     ordered = sorted(groups, key=lambda g: (-sum(weights[f] for f in g), position[g[0]]))
     return ShardPlan(_make_shards(ordered, weights, real), why, source)
+
+
+def _planned_chunks(items: Sequence[str], weights: Mapping[str, float],
+                    machines: Sequence[MachineSlots]) -> list[list[str]]:
+    """LPT of single files over every slot (with machine speeds), then each slot's list cut into shards
+    of at least PLANNED_STARTUPS start-ups of work on that machine."""
+    slots = [m for m in machines for _ in range(m.slots)]
+    finish = [0.0] * len(slots)
+    lists: list[list[str]] = [[] for _ in slots]
+    for f in sorted(items, key=lambda f: -weights[f]):
+        k = min(range(len(slots)), key=lambda k: (finish[k] + weights[f] / slots[k].speed, k))
+        finish[k] += weights[f] / slots[k].speed
+        lists[k].append(f)
+    groups: list[list[str]] = []
+    for k, files in enumerate(lists):
+        min_work = PLANNED_STARTUPS * slots[k].startup * slots[k].speed
+        mine: list[list[str]] = []
+        chunk: list[str] = []
+        work = 0.0
+        for f in files:
+            chunk.append(f)
+            work += weights[f]
+            if work >= min_work:
+                mine.append(chunk)
+                chunk, work = [], 0.0
+        if chunk:
+            if mine and work < min_work / 2:
+                mine[-1].extend(chunk)          # a small remainder joins the slot's previous shard
+            else:
+                mine.append(chunk)
+        groups += mine
+    return groups
 
 
 def native_shards(total: int | None, machines: Sequence[MachineSlots],

@@ -255,14 +255,20 @@ class Run:
             s.speed = ms.speed
         strategy = self.opts.strategy or suite.config.strategy or "dynamic"
         shards, explain, source = self._build_shards(suite, slots, strategy, history)
-        assignment = planning.assign_static(shards, slots) if strategy == "static" else None
+        known = bool(shards) and all(s.expected is not None for s in shards)
         if strategy == "dynamic" and source != "uniform":
             shards = planning.order_for_queue(shards)
+        assignment: dict[str, str] | None = None
+        if strategy == "static":
+            assignment = planning.assign_static(shards, slots)
+        elif known:
+            # Durations known from history: each machine's list is planned (LPT with machine speeds); the
+            # scheduler runs those lists and lets a machine that runs dry take work from the others.
+            assignment = planning.lpt_assign(shards, slots)
         expected: float | None = None
         lower: float | None = None
-        if all(s.expected is not None for s in shards) and source != "uniform":
-            sim = planning.simulate(shards, slots, strategy=strategy,  # type: ignore[arg-type]
-                                    assignment=assignment)
+        if known:
+            sim = planning.simulate(shards, slots, strategy="static", assignment=assignment)
             expected = sim.makespan
             lower = planning.lower_bound([s.expected or 0.0 for s in shards], slots)
         if self.opts.dry_run:
@@ -349,8 +355,8 @@ class Run:
                           for i in resume.shard_indices]
                 return shards, f"resuming {len(shards)} shards of run {self.opts.resume}", "uniform"
             shards = planning.native_shards(count, slots, strategy)  # type: ignore[arg-type]
-            return shards, f"{len(shards)} shards: {'one per slot' if strategy == 'static' else '2 per slot'}", \
-                "uniform"
+            why = f"{len(shards)} shards: {'one per slot' if strategy == 'static' else '2 per slot'}"
+            return shards, why, "uniform"
         files = discover_files(suite, self.inv.base_dir)
         if resume is not None:
             wanted = set(resume.files)

@@ -262,7 +262,10 @@ class Scheduler:
         self.not_run: dict[str, str] = {}
         self._terminal_count = 0                       # shards in a terminal state (each gets there once)
 
-        if strategy == "static" and working:
+        # static: each machine works its planned list. dynamic with a plan (durations known from history):
+        # the same per-machine lists, but a machine whose list runs dry steals from the others, so no
+        # slot idles while work is queued. dynamic without a plan: one shared queue.
+        if working and (strategy == "static" or assignment is not None):
             plan = dict(assignment) if assignment is not None else assign_static(shards, working)
             loads = {m.name: 0.0 for m in working}
             for s in shards:
@@ -560,7 +563,22 @@ class Scheduler:
             entries = self._queues.get(key)
             if entries:
                 return entries.pop(0)
+        if self.strategy == "dynamic":
+            return self._steal(name)
         return None
+
+    def _steal(self, name: str) -> _Entry | None:
+        """Take work planned for the machine with the most left to do: a machine at least as fast takes
+        the head of that list (its longest shard), a slower one its tail (its shortest)."""
+        victims = [n for n, q in self._queues.items() if n is not None and n != name and q]
+        if not victims:
+            return None
+        victim = max(victims, key=lambda n: self._load(n) / self._capacity(n))
+        entries = self._queues[victim]
+        faster = self._machines[name].info.speed >= self._machines[victim].info.speed
+        entry = entries.pop(0 if faster else -1)
+        entry.owner = self._shards[entry.shard_id].owner = name
+        return entry
 
     def _launch(self, sr: _ShardRun, name: str, at: float, out: list[Decision], speculative: bool) -> None:
         sr.attempts += 1

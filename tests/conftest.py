@@ -14,6 +14,10 @@ from fleet import MakeFleet, SshFleet, WriteInventory, skip_reason
 
 FLEET_FIXTURES = frozenset({"fleet", "make_fleet", "fleet_inventory"})
 
+# Every `python -m fleetshard` the tests start runs this checkout, whatever copy pip installed last.
+_REPO = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:

@@ -678,3 +678,29 @@ def test_chaos() -> None:
             seen.add("flaky")
     assert {"speculative", "machine-drained", "machine-lost", "flaky", "exit-130", "exit-1", "exit-3",
             "exit-0", "cancelled", "infra-failed", "tests-failed"} <= seen
+
+
+def test_dynamic_with_a_plan_runs_each_list_and_steals_when_dry() -> None:
+    from fleetshard.events import ShardFinished
+    from fleetshard.model import MachineSlots, Outcome, RetryPolicy, Shard
+    from fleetshard.scheduler import Launch, Scheduler, Start
+
+    shards = [Shard(id=f"s{i:03d}", index=i, total=5, expected=e) for i, e in enumerate([9, 5, 4, 2, 1], 1)]
+    machines = [MachineSlots("fast", 1, 1.0), MachineSlots("slow", 1, 0.25)]
+    plan = {"s001": "fast", "s002": "fast", "s003": "fast", "s004": "slow", "s005": "slow"}
+    sched = Scheduler(shards, machines, RetryPolicy(), strategy="dynamic", assignment=plan)
+    first = [d for d in sched.on(Start(at=0.0)) if isinstance(d, Launch)]
+    assert {(d.shard.id, d.machine) for d in first} == {("s001", "fast"), ("s004", "slow")}
+
+    def finish(d: Launch, at: float) -> list[Launch]:
+        ev = ShardFinished(machine=d.machine, shard=d.shard, attempt=d.attempt, outcome=Outcome.PASSED,
+                           exit_status=0, signal=None, reason="", started_at=0.0, at=at, log_path="")
+        return [x for x in sched.on(ev) if isinstance(x, Launch)]
+
+    (slow_next,) = finish(first[1], 8.0)                    # slow takes its own list first
+    assert (slow_next.shard.id, slow_next.machine) == ("s005", "slow")
+    (fast_next,) = finish(first[0], 9.0)
+    assert fast_next.shard.id == "s002"
+    (steal,) = finish(slow_next, 12.0)                      # slow ran dry: steals fast's shortest
+    assert (steal.shard.id, steal.machine) == ("s003", "slow")
+    assert finish(fast_next, 14.0) == []
