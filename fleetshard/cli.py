@@ -48,6 +48,18 @@ def _fail(error: FleetshardError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
+def _internal(exc: Exception) -> NoReturn:
+    """A bug, not the user's input: one line, exit 3 (CI must not read it as "tests failed")."""
+    import os
+    import traceback
+
+    if os.environ.get("FLEETSHARD_DEBUG"):
+        traceback.print_exc()
+    typer.echo(f"fleetshard: internal error: {type(exc).__name__}: {exc} "
+               f"(set FLEETSHARD_DEBUG=1 for the traceback)", err=True)
+    raise typer.Exit(3)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"fleetshard {__version__}")
@@ -79,6 +91,10 @@ def health(
                               accept_new_host_keys=accept_new_host_keys)
     except FleetshardError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _internal(exc)
     raise typer.Exit(code)
 
 
@@ -137,6 +153,10 @@ def run(
         code = run_command(inv, opts)
     except FleetshardError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _internal(exc)
     raise typer.Exit(code)
 
 
@@ -173,6 +193,10 @@ def plan(
                                            dry_run=True, accept_new_host_keys=accept_new_host_keys))
     except FleetshardError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _internal(exc)
     raise typer.Exit(code)
 
 
@@ -190,6 +214,10 @@ def history(
         code = history_command(load_inventory(inventory), limit=limit, as_json=as_json)
     except FleetshardError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _internal(exc)
     raise typer.Exit(code)
 
 
@@ -208,6 +236,10 @@ def report(
         code = report_command(load_inventory(inventory), run_id, html=html)
     except FleetshardError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _internal(exc)
     raise typer.Exit(code)
 
 

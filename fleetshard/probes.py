@@ -158,6 +158,9 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
     except TimeoutError:
         return HealthReport(**base, reachable=False, healthy=False,
                             reasons=(f"{machine.name}: no answer within {deadline:g} s",))
+    except Exception as exc:  # a failing machine is data, whatever the failure
+        return HealthReport(**base, reachable=False, healthy=False,
+                            reasons=(f"{machine.name}: probe failed: {type(exc).__name__}: {exc}",))
     values = parse_probe_output(out)
     metrics = metrics_from(values)
     reasons = judge(metrics, thresholds)

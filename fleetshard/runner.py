@@ -58,7 +58,7 @@ from .scheduler import (
 )
 from .suite import Suite, discover_files, file_sizes, junit_path, resolve_suite, shard_command
 from .transport import RemoteProcess, Transport, transport_for
-from .transport.base import CD_FAILED, ProcessResult
+from .transport.base import ProcessResult
 
 TAIL_LINES = 20
 
@@ -107,6 +107,22 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
 
 
+class _NotStarted(Exception):
+    """The attempt was cancelled before its process started."""
+
+
+@dataclass
+class _AttemptRun:
+    """What one attempt has gathered so far; read when it ends, however it ends."""
+
+    started: float
+    log_path: Path
+    command: str = ""
+    junit_remote: str | None = None
+    result: ProcessResult = field(default_factory=lambda: ProcessResult(None))
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+
+
 @dataclass
 class _MachineState:
     machine: Machine
@@ -117,6 +133,7 @@ class _MachineState:
     ready: asyncio.Future[str | None] | None = None   # None = ready, str = why it cannot run
     status: str = "healthy"
     used: bool = False
+    lost_check: asyncio.Future[bool] | None = None
     base_dir: Path = field(default=Path("."), repr=False)
     workdir: str = field(init=False, default="~")
 
@@ -221,13 +238,16 @@ class Run:
         transports = {m.name: transport_for(m, accept_new_host_keys=self.opts.accept_new_host_keys)
                       for m in selected}
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = () if self.opts.dry_run else (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
             loop.add_signal_handler(sig, self.interrupt)
         try:
             return await self._main(selected, transports)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
+            for task in list(self.background):
+                task.cancel()
             for timer in self.timers:
                 timer.cancel()
             self.renderer.stop()
@@ -434,6 +454,8 @@ class Run:
         ticker = asyncio.create_task(self._ticker())
         prober = asyncio.create_task(self._reprober())
         try:
+            if self.interrupts:                       # Ctrl-C while probing or planning: launch nothing
+                await self._apply(sched.on(CancelRun(reason="interrupted", at=self.now())))
             await self._apply(sched.on(Start(at=self.now())))
             while not sched.done:
                 event = await self.queue.get()
@@ -555,6 +577,8 @@ class Run:
             problem = await prepare_machine(self, st)
         except ConnectError as exc:
             problem = str(exc)
+        except Exception as exc:  # whatever it is, the machine cannot take shards
+            problem = f"{st.machine.name}: preparation failed: {type(exc).__name__}: {exc}"
         if problem is not None and st.status not in ("lost", "drained"):
             # Preparation is done once per machine: every shard sent there would fail the same way.
             st.status = "drained"
@@ -563,91 +587,106 @@ class Run:
         return problem
 
     async def _run_attempt(self, att: _Attempt) -> None:
-        assert self.suite is not None
+        """Run one attempt. Whatever happens, exactly one ShardFinished comes back for it."""
         st = self.machines[att.machine]
         shard = att.shard
-        started = self.now()
-        log_path = self.run_dir / "logs" / f"{shard.id}-{att.attempt}-{att.machine}.log"
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        outcome, reason, result = Outcome.INFRA_FAILED, "", ProcessResult(None)
-        command = ""
-        junit_remote = None
-        timed_out = False
-        with open(log_path, "w", encoding="utf-8") as log:
-            try:
-                problem = await self._ready(st)
-                if problem is not None:
-                    raise ConnectError(problem)
-                if self.suite.uses_junit:
-                    junit_remote = junit_path(self.suite, run_id=self.run_id, shard=shard, attempt=att.attempt)
-                command = shard_command(self.suite, shard=shard, machine=att.machine, run_id=self.run_id,
-                                        attempt=att.attempt, junit=junit_remote or "")
-                log.write(f"# {att.machine}: {command}\n")
-                stream = self.opts.stream
-                publish = self.publish
-                shard_id, number, machine = shard.id, att.attempt, att.machine
-
-                def on_line(line: str) -> None:
-                    log.write(line + "\n")
-                    tail.append(line)
-                    if stream:
-                        publish(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line,
-                                           at=self.now()))
-
-                if att.cancel_reason is not None:
-                    raise asyncio.CancelledError
-                att.proc = await st.transport.start(command, cwd=st.workdir,
-                                                    env=self._env(st, shard, att.attempt, junit_remote),
-                                                    on_line=on_line)
-                att.wait = asyncio.ensure_future(att.proc.wait())
-                started = self.now()
-                self.queue.put_nowait(ShardRunning(shard_id=shard.id, attempt=att.attempt, machine=att.machine,
-                                                   at=started))
-                self.publish(ShardStarted(machine=att.machine, shard=shard, attempt=att.attempt, command=command,
-                                          log_path=str(log_path), at=started, speculative=att.speculative))
-                if att.cancel_reason is not None and att.killing is None:
-                    att.killing = asyncio.create_task(self._stop(att))
-                try:
-                    result = await asyncio.wait_for(asyncio.shield(att.wait), self.timeout)
-                except TimeoutError:
-                    timed_out = True
-                    await self._stop(att)
-                    result = await att.wait
-                outcome, reason = self._classify(result, timed_out, att)
-            except ConnectError as exc:
-                outcome, reason = Outcome.INFRA_FAILED, str(exc)
-            except asyncio.CancelledError:
-                outcome, reason = Outcome.CANCELLED, att.cancel_reason or "cancelled"
-            if reason:
-                log.write(f"# {outcome}: {reason}\n")
-        if outcome is Outcome.INFRA_FAILED and result.error and st.status != "lost":
-            await self._check_lost(st, result.error)
-        if outcome.is_infra and st.status == "healthy":
-            st.status = "degraded"           # shown in its row; still takes work until drained or lost
-            self.publish(MachineStatus(machine=st.machine.name, status="degraded", reason=reason, at=self.now()))
+        run = _AttemptRun(started=self.now(),
+                          log_path=self.run_dir / "logs" / f"{shard.id}-{att.attempt}-{att.machine}.log")
+        outcome, reason = Outcome.INFRA_FAILED, "internal error"
         junit_local = None
         artifacts: list[str] = []
-        if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
-            junit_local = await self._fetch_junit(st, shard, att.attempt, junit_remote)
-            from .workspace import collect_artifacts
+        try:
+            with open(run.log_path, "w", encoding="utf-8") as log:
+                try:
+                    outcome, reason = await self._attempt_body(att, st, log, run)
+                except ConnectError as exc:
+                    outcome, reason = Outcome.INFRA_FAILED, str(exc)
+                except _NotStarted:
+                    outcome, reason = Outcome.CANCELLED, att.cancel_reason or "cancelled"
+                except Exception as exc:  # a bug or an unexpected library error must never lose a shard
+                    outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
+                    if att.wait is not None:
+                        await self._stop(att)
+                if reason:
+                    log.write(f"# {outcome}: {reason}\n")
+            if outcome is Outcome.INFRA_FAILED and run.result.error and st.status != "lost":
+                await self._check_lost(st, run.result.error)
+            if outcome.is_infra and st.status == "healthy":
+                st.status = "degraded"       # shown in its row; still takes work until drained or lost
+                self.publish(MachineStatus(machine=st.machine.name, status="degraded", reason=reason,
+                                           at=self.now()))
+            if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
+                junit_local = await self._fetch_junit(st, shard, att.attempt, run.junit_remote)
+                from .workspace import collect_artifacts
 
-            artifacts = await collect_artifacts(self, st, shard, att.attempt)
-        ended = self.now()
-        self.records.append(AttemptRecord(
-            shard_id=shard.id, attempt=att.attempt, machine=att.machine, outcome=str(outcome),
-            started=self.wall(started), ended=self.wall(ended), exit_status=result.exit_status,
-            signal=result.signal, reason=reason, log_path=str(log_path), junit_path=junit_local,
-            speculative=att.speculative, command=command, artifacts=artifacts))
-        self.queue.put_nowait(ShardFinished(
-            machine=att.machine, shard=shard, attempt=att.attempt, outcome=outcome,
-            exit_status=result.exit_status, signal=result.signal, reason=reason, started_at=started, at=ended,
-            log_path=str(log_path), tail=tuple(tail), speculative=att.speculative))
+                artifacts = await collect_artifacts(self, st, shard, att.attempt)
+        except Exception as exc:
+            if outcome is Outcome.PASSED or not reason:
+                outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
+            self.notes.append(f"{shard.id} attempt {att.attempt}: {type(exc).__name__}: {exc}")
+        finally:
+            ended = self.now()
+            result = run.result
+            self.records.append(AttemptRecord(
+                shard_id=shard.id, attempt=att.attempt, machine=att.machine, outcome=str(outcome),
+                started=self.wall(run.started), ended=self.wall(ended), exit_status=result.exit_status,
+                signal=result.signal, reason=reason, log_path=str(run.log_path), junit_path=junit_local,
+                speculative=att.speculative, command=run.command, artifacts=artifacts))
+            self.queue.put_nowait(ShardFinished(
+                machine=att.machine, shard=shard, attempt=att.attempt, outcome=outcome,
+                exit_status=result.exit_status, signal=result.signal, reason=reason, started_at=run.started,
+                at=ended, log_path=str(run.log_path), tail=tuple(run.tail), speculative=att.speculative))
+
+    async def _attempt_body(self, att: _Attempt, st: _MachineState, log: TextIO, run: _AttemptRun
+                            ) -> tuple[Outcome, str]:
+        assert self.suite is not None
+        shard = att.shard
+        problem = await self._ready(st)
+        if problem is not None:
+            raise ConnectError(problem)
+        if self.suite.uses_junit:
+            run.junit_remote = junit_path(self.suite, run_id=self.run_id, shard=shard, attempt=att.attempt)
+        run.command = shard_command(self.suite, shard=shard, machine=att.machine, run_id=self.run_id,
+                                    attempt=att.attempt, junit=run.junit_remote or "")
+        log.write(f"# {att.machine}: {run.command}\n")
+        stream, publish, tail, now = self.opts.stream, self.publish, run.tail, self.now
+        shard_id, number, machine = shard.id, att.attempt, att.machine
+
+        def on_line(line: str) -> None:
+            log.write(line + "\n")
+            tail.append(line)
+            if stream:
+                publish(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line, at=now()))
+
+        if att.cancel_reason is not None:
+            raise _NotStarted
+        att.proc = await st.transport.start(run.command, cwd=st.workdir,
+                                            env=self._env(st, shard, att.attempt, run.junit_remote),
+                                            on_line=on_line)
+        att.wait = asyncio.ensure_future(att.proc.wait())
+        run.started = self.now()
+        self.queue.put_nowait(ShardRunning(shard_id=shard.id, attempt=att.attempt, machine=att.machine,
+                                           at=run.started))
+        self.publish(ShardStarted(machine=att.machine, shard=shard, attempt=att.attempt, command=run.command,
+                                  log_path=str(run.log_path), at=run.started, speculative=att.speculative))
+        if att.cancel_reason is not None and (att.killing is None or att.killing.done()):
+            att.killing = asyncio.create_task(self._stop(att))      # cancelled while it was starting
+        timed_out = False
+        try:
+            run.result = await asyncio.wait_for(asyncio.shield(att.wait), self.timeout)
+        except TimeoutError:
+            timed_out = True
+            await self._stop(att)
+            run.result = await att.wait
+        return self._classify(run.result, timed_out, att)
 
     def _classify(self, result: ProcessResult, timed_out: bool, att: _Attempt) -> tuple[Outcome, str]:
         if timed_out:
             return Outcome.TIMED_OUT, f"timed out after {self.timeout:g} s"
         if att.cancel_reason is not None:
             return Outcome.CANCELLED, att.cancel_reason
+        if result.error == "workdir is missing":
+            return Outcome.INFRA_FAILED, f"workdir {self.machines[att.machine].workdir} is missing"
         if result.error:
             return Outcome.INFRA_FAILED, result.error
         if result.signal:
@@ -655,23 +694,28 @@ class Run:
         status = result.exit_status
         if status == 0:
             return Outcome.PASSED, ""
-        if status == CD_FAILED:
-            return Outcome.INFRA_FAILED, f"workdir {self.machines[att.machine].workdir} is missing"
         if status in self.inv.retry.infra_exit_codes:
             return Outcome.INFRA_FAILED, f"exit code {status} (configured as an infrastructure failure)"
         return Outcome.TESTS_FAILED, f"exit code {status}"
 
     async def _check_lost(self, st: _MachineState, why: str) -> None:
-        """After a dropped channel: is the machine still there? If not, it takes no more work."""
-        try:
-            res, _ = await st.transport.run("true", timeout=st.machine.connect_timeout)
-            alive = res.exit_status == 0
-        except ConnectError:
-            alive = False
+        """After a dropped channel: is the machine still there? If not, it takes no more work.
+        One check per machine at a time: every attempt that lost its channel waits for the same answer."""
+        if st.lost_check is None or st.lost_check.done():
+            st.lost_check = asyncio.ensure_future(self._alive(st))
+        alive = await asyncio.shield(st.lost_check)
         if not alive and st.status != "lost":
             st.status = "lost"
             self.queue.put_nowait(MachineStatus(machine=st.machine.name, status="lost", reason=why,
                                                 at=self.now()))
+
+    async def _alive(self, st: _MachineState) -> bool:
+        limit = st.machine.connect_timeout + 2
+        try:
+            res, _ = await asyncio.wait_for(st.transport.run("true", timeout=limit), limit)
+        except (ConnectError, OSError, TimeoutError):
+            return False
+        return res.exit_status == 0
 
     async def _fetch_junit(self, st: _MachineState, shard: Shard, attempt: int, remote: str | None
                            ) -> str | None:

@@ -551,12 +551,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------- filling
 
-    def _other_usable(self, name: str) -> bool:
-        return any(m.usable for n, m in self._machines.items() if n != name)
+    def _other_active(self, name: str) -> bool:
+        return any(m.state == MACHINE_ACTIVE for n, m in self._machines.items() if n != name)
 
     def _pick(self, name: str) -> _Entry | None:
         for i, e in enumerate(self._retry_queue):
-            if e.avoid == name and self._other_usable(name):
+            if e.avoid == name and self._other_active(name):
                 continue                                      # wait for a slot elsewhere
             return self._retry_queue.pop(i)
         for key in (name, None):

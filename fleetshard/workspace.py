@@ -168,6 +168,8 @@ async def collect_artifacts(run: Run, st: _MachineState, shard: Shard, attempt: 
                 run.notes.append(f"{shard.id}: artifact {rel} skipped ({size} bytes)")
                 continue
             target = dest / rel
+            if not target.resolve().is_relative_to(dest.resolve()):
+                continue                          # a remote name must not write outside the run directory
             if await st.transport.get_file(f"{_workdir(st)}/{rel}", str(target)):
                 saved.append(str(target))
     except Exception as exc:  # artifacts never fail the run

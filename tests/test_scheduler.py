@@ -704,3 +704,21 @@ def test_dynamic_with_a_plan_runs_each_list_and_steals_when_dry() -> None:
     (steal,) = finish(slow_next, 12.0)                      # slow ran dry: steals fast's shortest
     assert (steal.shard.id, steal.machine) == ("s003", "slow")
     assert finish(fast_next, 14.0) == []
+
+
+def test_a_retry_does_not_wait_for_an_unhealthy_machine() -> None:
+    from fleetshard.events import MachineStatus, ShardFinished
+    from fleetshard.model import MachineSlots, Outcome, RetryPolicy, Shard
+    from fleetshard.scheduler import Launch, Retry, RetryDue, Scheduler, Start
+
+    shard = Shard(id="s001", index=1, total=1)
+    sched = Scheduler([shard], [MachineSlots("a", 1), MachineSlots("b", 1)], RetryPolicy(drain_after=5))
+    (launch,) = [d for d in sched.on(Start(at=0.0)) if isinstance(d, Launch)]
+    other = "b" if launch.machine == "a" else "a"
+    sched.on(MachineStatus(machine=other, status="unhealthy", reason="disk", at=0.5))
+    decisions = sched.on(ShardFinished(machine=launch.machine, shard=shard, attempt=1, outcome=Outcome.INFRA_FAILED,
+                                       exit_status=None, signal=None, reason="lost", started_at=0.0, at=1.0,
+                                       log_path=""))
+    assert any(isinstance(d, Retry) for d in decisions)
+    again = [d for d in sched.on(RetryDue(shard_id="s001", at=2.0)) if isinstance(d, Launch)]
+    assert [(d.machine, d.attempt) for d in again] == [(launch.machine, 2)]

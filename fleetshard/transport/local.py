@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..inventory import Machine
-from .base import PGID_MARKER, LineHandler, ProcessResult, kill_script, shell_wrapper
+from .base import LineHandler, OutputParser, ProcessResult, kill_script, settle, shell_wrapper
 
 
 def _expand(path: str) -> str:
@@ -22,25 +22,30 @@ class LocalProcess:
     def __init__(self, proc: asyncio.subprocess.Process, on_line: LineHandler) -> None:
         self._proc = proc
         self.pgid: int | None = proc.pid          # start_new_session: pid == pgid == sid
-        self._reader = asyncio.create_task(self._read(on_line))
+        self._parser = OutputParser(on_line)
+        self._reader = asyncio.create_task(self._read())
 
-    async def _read(self, on_line: LineHandler) -> None:
+    async def _read(self) -> None:
         assert self._proc.stdout is not None
-        first = True
-        async for raw in self._proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if first and line.startswith(PGID_MARKER):
-                first = False
-                continue
-            first = False
-            on_line(line)
+        pending = b""
+        while True:                               # by chunks: a line may be longer than any buffer limit
+            data = await self._proc.stdout.read(65536)
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            for raw in lines:
+                self._parser.feed(raw.decode("utf-8", "replace").rstrip("\r"))
+        if pending:
+            self._parser.feed(pending.decode("utf-8", "replace").rstrip("\r"))
 
     async def wait(self) -> ProcessResult:
+        await settle(self._reader, self._parser, lambda: self.signal_group("TERM"))
         status = await self._proc.wait()
-        await self._reader
         if status < 0:
-            return ProcessResult(None, signal_mod.Signals(-status).name.removeprefix("SIG"))
-        return ProcessResult(status)
+            fallback = ProcessResult(None, signal_mod.Signals(-status).name.removeprefix("SIG"))
+        else:
+            fallback = ProcessResult(status)
+        return self._parser.result(fallback)
 
     async def signal_group(self, signal: str) -> None:
         if self.pgid is None:

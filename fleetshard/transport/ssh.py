@@ -25,7 +25,7 @@ import asyncssh
 
 from ..errors import AuthError, ConnectError, HostKeyError
 from ..inventory import JumpHost, Machine
-from .base import PGID_MARKER, LineHandler, ProcessResult, kill_script, shell_wrapper
+from .base import LineHandler, OutputParser, ProcessResult, kill_script, settle, shell_wrapper
 
 CHANNELS_PER_CONNECTION = 8
 KEEPALIVE_COUNT_MAX = 3
@@ -93,35 +93,27 @@ class SshProcess:
     def __init__(self, proc: Any, on_line: LineHandler, connection: _Connection) -> None:
         self._proc = proc
         self._conn = connection
-        self.pgid: int | None = None
         self._error: str | None = None
-        self._pgid_seen = asyncio.Event()
-        self._reader = asyncio.create_task(self._read(on_line))
+        self._parser = OutputParser(on_line)
+        self._reader = asyncio.create_task(self._read())
 
-    async def _read(self, on_line: LineHandler) -> None:
-        first = True
+    @property
+    def pgid(self) -> int | None:
+        return self._parser.pgid
+
+    async def _read(self) -> None:
         try:
             async for line in self._proc.stdout:
-                line = line.rstrip("\r\n")
-                if first:
-                    first = False
-                    if line.startswith(PGID_MARKER):
-                        try:
-                            self.pgid = int(line.split()[1])
-                        except (IndexError, ValueError):
-                            pass
-                        self._pgid_seen.set()
-                        continue
-                    self._pgid_seen.set()
-                on_line(line)
+                if line:                          # "" is the end of a closed stream, not an empty line
+                    self._parser.feed(line.rstrip("\r\n"))
         except (asyncssh.Error, OSError) as exc:
             self._error = f"connection lost: {_reason(exc)}"
         finally:
-            self._pgid_seen.set()
+            self._parser.close()
 
     async def wait(self) -> ProcessResult:
-        await self._reader
         try:
+            await settle(self._reader, self._parser, self._leftovers)
             await self._proc.wait_closed()
         except (asyncssh.Error, OSError) as exc:
             self._error = self._error or f"connection lost: {_reason(exc)}"
@@ -130,13 +122,20 @@ class SshProcess:
         status = self._proc.exit_status
         sig = self._proc.exit_signal
         if sig:
-            return ProcessResult(None, str(sig[0]))
-        if status is None or (status == -1 and not sig):
-            return ProcessResult(None, None, self._error or self._conn.lost_reason or "connection lost")
-        return ProcessResult(status)
+            fallback = ProcessResult(None, str(sig[0]))
+        elif status is None or status == -1:
+            fallback = ProcessResult(None, None, self._error or self._conn.lost_reason or "connection lost")
+        else:
+            fallback = ProcessResult(status)
+        return self._parser.result(fallback)
+
+    async def _leftovers(self) -> None:
+        """The command is over but something it started still holds the output: stop it, close up."""
+        await self.signal_group("TERM")
+        self._proc.close()
 
     async def signal_group(self, signal: str) -> None:
-        await self._pgid_seen.wait()
+        await self._parser.pgid_seen.wait()
         if self.pgid is not None:
             await self._conn.owner.kill_groups([self.pgid], signal)
 
@@ -233,6 +232,9 @@ class SshTransport:
         except (OSError, asyncssh.Error) as exc:
             raise ConnectError(f"{self.name}: cannot connect to {target}: {_reason(exc)}",
                                machine=self.name) from exc
+        except ValueError as exc:                  # e.g. a malformed line in known_hosts
+            raise HostKeyError(f"{self.name}: cannot check the host key against {known_hosts}: {_reason(exc)}",
+                               machine=self.name) from exc
 
     def _host_key_error(self, client: _Client, host: str, port: int, known_hosts: Path) -> HostKeyError:
         pattern = _known_host_pattern(host, port)
@@ -285,6 +287,8 @@ class SshTransport:
 
     async def _acquire(self) -> _Connection:
         """A connection with a free channel, opening another one when all are full."""
+        if self._closed:
+            raise ConnectError(f"{self.name}: transport closed", machine=self.name)
         while True:
             async with self._lock:
                 live = self._live()
@@ -316,16 +320,19 @@ class SshTransport:
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
                   stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
         c = await self._acquire()
+        proc: Any = None
         try:
-            result = await asyncio.wait_for(
-                c.conn.run(_sh(shell_wrapper(command, cwd=cwd, env=env, report_pgid=False)),
-                           input=stdin, stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace",
-                           check=False), timeout)
-        except TimeoutError:
+            proc = await c.conn.create_process(
+                _sh(shell_wrapper(command, cwd=cwd, env=env, report_pgid=False)), input=stdin,
+                stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace")
+            result = await proc.wait(check=False, timeout=timeout)
+        except asyncssh.TimeoutError:
             return ProcessResult(None, None, f"timed out after {timeout:g} s"), ""
         except (asyncssh.Error, OSError) as exc:
             return ProcessResult(None, None, f"connection lost: {_reason(exc)}"), ""
         finally:
+            if proc is not None and not proc.is_closing():
+                proc.close()                      # a timed-out command must not keep its session open
             c.release()
         out = result.stdout if isinstance(result.stdout, str) else ""
         if result.exit_signal:
