@@ -171,6 +171,8 @@ class SshTransport:
         self._lock = asyncio.Lock()
         self._capacity = asyncio.Condition()
         self._closed = False
+        self._sftp_conn: _Connection | None = None
+        self._sftp_client: asyncio.Future[Any] | None = None
 
     # -- connecting ---------------------------------------------------------------------------
     def _target(self) -> str:
@@ -364,29 +366,48 @@ class SshTransport:
             c.release()
 
     # -- files --------------------------------------------------------------------------------
-    async def get_file(self, remote: str, local: str) -> bool:
-        c = await self._acquire()
+    async def _sftp(self) -> Any:
+        """One SFTP session per machine, opened on first use and kept: every shard's JUnit file and
+        every synced file goes over it (a session per file costs a channel, a remote sftp-server and
+        several round trips). It holds one channel of its connection for as long as it lives."""
+        if self._sftp_conn is not None and self._sftp_conn.conn.is_closed():
+            self._drop_sftp()
+        if self._sftp_client is None:                 # set before any await: concurrent callers share it
+            self._sftp_client = asyncio.ensure_future(self._open_sftp())
         try:
-            async with c.conn.start_sftp_client() as sftp:
-                try:
-                    Path(local).parent.mkdir(parents=True, exist_ok=True)
-                    await sftp.get(_sftp_path(remote), local)
-                except asyncssh.SFTPNoSuchFile:
-                    return False
-                return True
-        finally:
-            c.release()
+            return await asyncio.shield(self._sftp_client)
+        except (asyncssh.Error, OSError, ConnectError):
+            self._drop_sftp()
+            raise
+
+    async def _open_sftp(self) -> Any:
+        self._sftp_conn = await self._acquire()
+        return await self._sftp_conn.conn.start_sftp_client()
+
+    def _drop_sftp(self) -> None:
+        if self._sftp_conn is not None:
+            self._sftp_conn.release()
+        self._sftp_conn = self._sftp_client = None
+
+    async def get_file(self, remote: str, local: str) -> bool:
+        sftp = await self._sftp()
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await sftp.get(_sftp_path(remote), local)
+        except asyncssh.SFTPNoSuchFile:
+            return False
+        return True
 
     async def put_file(self, local: str, remote: str) -> None:
-        c = await self._acquire()
-        try:
-            async with c.conn.start_sftp_client() as sftp:
-                await sftp.put(local, _sftp_path(remote))
-        finally:
-            c.release()
+        sftp = await self._sftp()
+        await sftp.put(local, _sftp_path(remote))
 
     async def close(self) -> None:
         self._closed = True
+        client = self._sftp_client
+        if client is not None and client.done() and not client.cancelled() and client.exception() is None:
+            client.result().exit()
+        self._sftp_client = self._sftp_conn = None
         for c in self._conns:
             c.conn.close()
         for c in self._conns:
