@@ -203,6 +203,7 @@ def plan(
 @app.command()
 def history(
     inventory: InventoryOpt = None,
+    machines: MachinesOpt = None,
     limit: Annotated[int, typer.Option("-n", "--limit", min=1, help="How many runs.")] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -211,7 +212,7 @@ def history(
     from .report import history_command
 
     try:
-        code = history_command(load_inventory(inventory), limit=limit, as_json=as_json)
+        code = history_command(load_inventory(inventory), limit=limit, as_json=as_json, selector=machines)
     except FleetshardError as exc:
         _fail(exc)
     except KeyboardInterrupt:

@@ -166,18 +166,23 @@ def _console() -> Console:
 
 
 def history_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,
-                    console: Console | None = None) -> int:
-    """Print the recent runs of this inventory's history database. No runs is not an error."""
+                    console: Console | None = None, selector: str | None = None) -> int:
+    """Print the recent runs of this inventory's history database. No runs is not an error.
+    With ``selector`` (-m), only the runs that used one of those machines."""
     from rich.table import Table
 
     from .history import History, display_path
+    from .inventory import select_machines
 
     console = console or _console()
     path = history_path(inv)
+    wanted = {m.name for m in select_machines(inv, selector)} if selector else None
     rows = []
     if path.exists():
         with History(path) as history:
-            rows = history.runs(limit)
+            rows = history.runs(limit if wanted is None else max(limit * 10, 200))
+    if wanted is not None:
+        rows = [r for r in rows if wanted.intersection(r.machines)][:limit]
     if as_json:
         console.out(json.dumps([
             {"id": r.id, "started": datetime.fromtimestamp(r.started).astimezone().isoformat(),

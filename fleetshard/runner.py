@@ -235,6 +235,7 @@ class Run:
         selected = select_machines(self.inv, self.opts.selector)
         self.renderer = make_renderer(console=self.opts.console, live=self.opts.live, stream=self.opts.stream,
                                       quiet=self.opts.quiet, verbose=self.opts.verbose, clock=self.clock)
+        self.subscribers.append(self.renderer)      # notices from probing and planning are shown too
         transports = {m.name: transport_for(m, accept_new_host_keys=self.opts.accept_new_host_keys)
                       for m in selected}
         loop = asyncio.get_running_loop()
@@ -442,7 +443,6 @@ class Run:
         self.timeout = self.opts.timeout if self.opts.timeout is not None else self.suite.config.timeout
         self.commit = self.opts.commit or _git_head(self.inv.base_dir)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.subscribers.append(self.renderer)
         self.renderer.start()
         infos = tuple(MachineInfo(name=m.machine.name, slots=m.slots if m.status == "healthy" else 0,
                                   speed=m.speed, status=m.status,

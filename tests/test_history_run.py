@@ -38,6 +38,9 @@ def test_second_run_is_planned_from_history(fleet: SshFleet, fleet_inventory: Wr
     assert next(a["machine"] for a in second["attempts"] if a["shard_id"] == head["id"]) in ("h1", "h2")
     hist = fleetshard("history", "-i", inv)
     assert hist.code == 0 and json.loads(js1.read_text())["run_id"] in hist.out and second["run_id"] in hist.out
+    only = fleetshard("history", "-i", inv, "-m", "h4", "--json")
+    assert only.code == 0 and {r["id"] for r in json.loads(only.out)} == {
+        json.loads(js1.read_text())["run_id"], second["run_id"]}
     fs.cleanup()
 
 
@@ -96,4 +99,21 @@ def test_report_terminal_and_html(fleet: SshFleet, fleet_inventory: WriteInvento
     assert page.count('class="lane"') + page.count("class='lane'") >= 1 and "h1" in page
     unknown = fleetshard("report", "nope", "-i", inv)
     assert unknown.code == 2
+    fs.cleanup()
+
+
+def test_a_corrupt_history_never_loses_the_results(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                   tmp_path: Path) -> None:
+    fs = FakeSuite(tmp_path, fleet.root, specs(3, 0.01))
+    inv = fleet_inventory(machines=["h1"], suite=fs.suite())
+    db = tmp_path / ".fleetshard" / "history.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    js, junit = tmp_path / "r.json", tmp_path / "j.xml"
+    res = fleetshard("run", "-i", inv, "--json-report", js, "--junit", junit)
+    assert res.code == 0, res.out + res.err
+    assert "history" in res.out + res.err and "corrupt" in (res.out + res.err).lower()
+    assert json.loads(js.read_text())["exit_code"] == 0 and junit.exists()
+    hist = fleetshard("history", "-i", inv)
+    assert hist.code == 2 and "corrupt" in hist.err.lower() and "Traceback" not in hist.err
     fs.cleanup()
