@@ -6,6 +6,7 @@ Heavy modules (asyncssh, rich) are imported inside the commands so `--help` stay
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -48,6 +49,19 @@ def _fail(error: FleetshardError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
+def _finish(call: Callable[[], int]) -> NoReturn:
+    """Run a command and exit with its code; the one place errors become messages and exit codes."""
+    try:
+        code = call()
+    except FleetshardError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _internal(exc)
+    raise typer.Exit(code)
+
+
 def _internal(exc: Exception) -> NoReturn:
     """A bug, not the user's input: one line, exit 3 (CI must not read it as "tests failed")."""
     import os
@@ -85,17 +99,12 @@ def health(
     from .health import health_command
     from .inventory import load_inventory, select_machines
 
-    try:
+    def call() -> int:
         inv = load_inventory(inventory)
-        code = health_command(inv, select_machines(inv, machines), as_json=as_json,
+        return health_command(inv, select_machines(inv, machines), as_json=as_json,
                               accept_new_host_keys=accept_new_host_keys)
-    except FleetshardError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        _internal(exc)
-    raise typer.Exit(code)
+
+    _finish(call)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -140,7 +149,7 @@ def run(
     from .inventory import load_inventory
     from .runner import RunOptions, run_command
 
-    try:
+    def call() -> int:
         inv = load_inventory(inventory)
         opts = RunOptions(
             selector=machines, max_retries=max_retries, strategy=strategy.value if strategy else None,
@@ -150,14 +159,9 @@ def run(
             quiet=quiet, verbose=verbose, resume=resume, dry_run=dry_run, commit=commit, notify=notify,
             accept_new_host_keys=accept_new_host_keys, command=_extra_command(ctx.args),
             argv=tuple(sys.argv[1:]))
-        code = run_command(inv, opts)
-    except FleetshardError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        _internal(exc)
-    raise typer.Exit(code)
+        return run_command(inv, opts)
+
+    _finish(call)
 
 
 def _extra_command(args: list[str]) -> str | None:
@@ -186,18 +190,13 @@ def plan(
     from .inventory import load_inventory
     from .runner import RunOptions, run_command
 
-    try:
+    def call() -> int:
         inv = load_inventory(inventory)
-        code = run_command(inv, RunOptions(selector=machines, strategy=strategy.value if strategy else None,
+        return run_command(inv, RunOptions(selector=machines, strategy=strategy.value if strategy else None,
                                            shards=shards, skip_health_checks=skip_health_checks,
                                            dry_run=True, accept_new_host_keys=accept_new_host_keys))
-    except FleetshardError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        _internal(exc)
-    raise typer.Exit(code)
+
+    _finish(call)
 
 
 @app.command()
@@ -211,15 +210,10 @@ def history(
     from .inventory import load_inventory
     from .report import history_command
 
-    try:
-        code = history_command(load_inventory(inventory), limit=limit, as_json=as_json, selector=machines)
-    except FleetshardError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        _internal(exc)
-    raise typer.Exit(code)
+    def call() -> int:
+        return history_command(load_inventory(inventory), limit=limit, as_json=as_json, selector=machines)
+
+    _finish(call)
 
 
 @app.command()
@@ -233,15 +227,10 @@ def report(
     from .inventory import load_inventory
     from .report import report_command
 
-    try:
-        code = report_command(load_inventory(inventory), run_id, html=html)
-    except FleetshardError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        _internal(exc)
-    raise typer.Exit(code)
+    def call() -> int:
+        return report_command(load_inventory(inventory), run_id, html=html)
+
+    _finish(call)
 
 
 def main() -> None:
