@@ -30,6 +30,7 @@ def _fmt(value: float | None, fmt: str, suffix: str = "") -> str:
 
 def render_table(reports: Sequence[HealthReport], out: TextIO | None = None) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from .console import make_console
 
@@ -51,7 +52,7 @@ def render_table(reports: Sequence[HealthReport], out: TextIO | None = None) -> 
     console.print(table)
     for r in reports:
         for reason in r.reasons:
-            console.print(f"[{style[r.status]}]{r.machine}[/]: {reason}", markup=True, soft_wrap=True)
+            console.print(Text.assemble((r.machine, style[r.status]), f": {reason}"), soft_wrap=True)
     healthy = sum(r.healthy for r in reports)
     console.print(f"{healthy}/{len(reports)} machines healthy")
 

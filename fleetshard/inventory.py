@@ -21,9 +21,11 @@ and is kept as written.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,6 +373,23 @@ def _host(ctx: _Ctx, node: Node, field: str) -> str:
     value = _str(ctx, node, field)
     if any(c.isspace() for c in value) or "@" in value:
         raise _bad(ctx, node, field, "a host name or address (put the user in user:)")
+    if ":" in value and not _is_ipv6(value):
+        raise _bad(ctx, node, field, "a host name or address (put the port in port:)")
+    return value
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _user(ctx: _Ctx, node: Node, field: str) -> str:
+    value = _str(ctx, node, field)
+    if not value or any(c.isspace() for c in value) or "@" in value or ":" in value:
+        raise _bad(ctx, node, field, "a user name")
     return value
 
 
@@ -464,7 +483,12 @@ def _exit_codes(ctx: _Ctx, node: Node, field: str) -> tuple[int, ...]:
 
 def _url(ctx: _Ctx, node: Node, field: str) -> str:
     value = _str(ctx, node, field)
-    if not value.startswith(("http://", "https://")):
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _bad(ctx, node, field, "an http:// or https:// URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
         raise _bad(ctx, node, field, "an http:// or https:// URL")
     return value
 
@@ -478,7 +502,7 @@ class _Field:
 _MACHINE_FIELDS: dict[str, _Field] = {
     "host": _Field(_host, nullable=True),
     "port": _Field(_port),
-    "user": _Field(_str, nullable=True),
+    "user": _Field(_user, nullable=True),
     "identity_file": _Field(_str_list, nullable=True),
     "known_hosts": _Field(_str),
     "connect_timeout": _Field(_pos_float),
@@ -571,7 +595,7 @@ def load_inventory(path: str | Path | None = None, *, ssh_config: str | Path | N
         if entry.key not in _TOP_FIELDS:
             raise _unknown_key(ctx, entry, dict.fromkeys(_TOP_FIELDS), "")
 
-    ssh = _load_ssh_config(ssh_config)
+    ssh = _LazySSHConfig(ssh_config)
     base_dir = inv_path.parent
 
     defaults: dict[str, Any] = {}
@@ -654,6 +678,22 @@ def _compose(ctx: _Ctx, text: str) -> Node | None:
         raise ctx.error(_one_line(f"invalid YAML: {exc}"), None, None) from None
 
 
+class _LazySSHConfig:
+    """~/.ssh/config, read the first time an ssh machine asks: an inventory of local machines never
+    depends on it."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self._path = path
+        self._config: sshconfig.SSHConfig | None = None
+        self._loaded = False
+
+    def get(self) -> sshconfig.SSHConfig | None:
+        if not self._loaded:
+            self._config = _load_ssh_config(self._path)
+            self._loaded = True
+        return self._config
+
+
 def _load_ssh_config(ssh_config: str | Path | None) -> sshconfig.SSHConfig | None:
     if ssh_config is None:
         default = Path(os.path.expanduser("~/.ssh/config"))
@@ -705,10 +745,10 @@ def _cfg_str(cfg: Mapping[str, str | list[str]], key: str) -> str | None:
 
 
 def _machine(ctx: _Ctx, entry: _Entry, defaults: Mapping[str, Any],
-             ssh: sshconfig.SSHConfig | None, base_dir: Path) -> Machine:
+             lazy_ssh: _LazySSHConfig, base_dir: Path) -> Machine:
     name = entry.key
     prefix = _join("machines", name)
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.match(name) or not name.strip("."):
         raise ctx.error(f'invalid machine name "{name}": use letters, digits, "_", "." and "-"',
                         entry.line, "machines")
     own = _fields(ctx, ctx.mapping(entry.value, prefix, what="a mapping of machine settings"),
@@ -745,6 +785,7 @@ def _machine(ctx: _Ctx, entry: _Entry, defaults: Mapping[str, Any],
                        identity_files=tuple(_local_path(p, base_dir) for p in identity_files), **common)
 
     written = own.get("host") or name
+    ssh = lazy_ssh.get()
     cfg: dict[str, str | list[str]] = ssh.lookup(written) if ssh is not None else {}
     where = f"{ssh.path if ssh else ''}"
     host = _cfg_str(cfg, "hostname") or written

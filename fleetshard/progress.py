@@ -434,6 +434,7 @@ class ProgressView:
 class Renderer(Protocol):
     def start(self) -> None: ...
     def handle(self, event: Event) -> None: ...
+    def tick(self) -> None: ...                     # about once a second, events or not
     def finish(self, record: RunRecord) -> None: ...
     def stop(self) -> None: ...
 
@@ -476,6 +477,9 @@ class LiveRenderer:
         self._stopped = True
         if self._started:
             self.live.stop()
+
+    def tick(self) -> None:
+        return None                                 # the live display refreshes itself
 
     def _print(self, *renderables: RenderableType) -> None:
         self.live.console.print(*renderables, soft_wrap=False)
@@ -654,6 +658,11 @@ class PlainRenderer:
             lines.append(f"    log: {event.log_path}")
         self._write("\n".join(lines))
 
+    def tick(self) -> None:
+        """A long shard with no output still gets the periodic status line."""
+        if not self._stopped:
+            self._maybe_status()
+
     def _maybe_status(self) -> None:
         if self._status_due is None or self.quiet:
             return
@@ -790,7 +799,9 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
         parts = [f"{counts['shards']} shards: {counts['passed']} passed", f"{counts['failed']} failed",
                  f"{counts['not_run']} not run", f"{counts['flaky']} flaky", f"{counts['retries']} retried"]
         out.append(Text(", ".join(parts)))
-        timing = f"makespan {format_duration(record.duration)}"
+        span = (max(a.ended for a in record.attempts) - min(a.started for a in record.attempts)
+                if record.attempts else record.duration)       # first shard start to last shard end
+        timing = f"makespan {format_duration(span)}"
         if record.expected_makespan is not None:
             timing += f" (expected {format_duration(record.expected_makespan)}"
             if record.lower_bound is not None:

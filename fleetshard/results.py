@@ -43,8 +43,8 @@ class ParsedCase:
     message: str = ""
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.classname, self.name)
+    def key(self) -> tuple[str, str, str]:
+        return (self.file or "", self.classname, self.name)
 
 
 @dataclass
@@ -220,9 +220,9 @@ def deciding_attempt(shard: ShardRecord, attempts: Sequence[AttemptRecord]) -> A
 
 
 def _earlier_failures(attempts: Sequence[AttemptRecord], deciding: AttemptRecord,
-                      notes: list[str]) -> dict[tuple[str, str], AttemptRecord]:
+                      notes: list[str]) -> dict[tuple[str, str, str], AttemptRecord]:
     """Testcases that failed in the shard's other (non-deciding) attempts, keyed by (classname, name)."""
-    failed: dict[tuple[str, str], AttemptRecord] = {}
+    failed: dict[tuple[str, str, str], AttemptRecord] = {}
     for attempt in attempts:
         if attempt is deciding or not attempt.junit_path or attempt.outcome == Outcome.CANCELLED:
             continue
@@ -249,8 +249,8 @@ def _no_junit_note(shard: ShardRecord, attempt: AttemptRecord) -> str:
 
 
 def _dedupe(cases: Iterable[tuple[ParsedCase, ET.Element]]) -> list[tuple[ParsedCase, ET.Element]]:
-    """Each testcase once: a repeated (classname, name) keeps its last report, at its first place."""
-    order: dict[tuple[str, str], tuple[ParsedCase, ET.Element]] = {}
+    """Each testcase once: a repeated (file, classname, name) keeps its last report, at its first place."""
+    order: dict[tuple[str, str, str], tuple[ParsedCase, ET.Element]] = {}
     for case, element in cases:
         order[case.key] = (case, element)
     return list(order.values())
@@ -261,7 +261,7 @@ class _ShardResult:
     shard: ShardRecord
     deciding: AttemptRecord | None
     cases: list[tuple[ParsedCase, ET.Element]]
-    flaky_from: dict[tuple[str, str], AttemptRecord]
+    flaky_from: dict[tuple[str, str, str], AttemptRecord]
     junit_ok: bool
 
 
@@ -272,7 +272,7 @@ def _collect(record: RunRecord, notes: list[str]) -> list[_ShardResult]:
         attempts = by_shard.get(shard.id, [])
         deciding = deciding_attempt(shard, attempts)
         cases: list[tuple[ParsedCase, ET.Element]] = []
-        flaky_from: dict[tuple[str, str], AttemptRecord] = {}
+        flaky_from: dict[tuple[str, str, str], AttemptRecord] = {}
         junit_ok = False
         if deciding is not None and shard.state != "not-run":
             if deciding.junit_path:

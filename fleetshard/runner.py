@@ -15,6 +15,7 @@ import collections
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -119,6 +120,7 @@ class _AttemptRun:
     log_path: Path
     command: str = ""
     junit_remote: str | None = None
+    ended: float | None = None
     result: ProcessResult = field(default_factory=lambda: ProcessResult(None))
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
 
@@ -134,6 +136,7 @@ class _MachineState:
     status: str = "healthy"
     used: bool = False
     lost_check: asyncio.Future[bool] | None = None
+    probing: bool = False
     base_dir: Path = field(default=Path("."), repr=False)
     workdir: str = field(init=False, default="~")
 
@@ -148,6 +151,16 @@ def effective_workdir(machine: Machine, base_dir: Path) -> str:
     if machine.transport == "local" and (wd is None or not (wd.startswith(("/", "~")))):
         return str((base_dir / (wd or "")).resolve())
     return wd or "~"
+
+
+def combine_speeds(names: Sequence[str], learned: Mapping[str, float], declared: Mapping[str, float]
+                   ) -> dict[str, float]:
+    """Measured beats declared: the inventory's speed serves until history has learned one. Learned
+    speeds are relative to the fleet's median machine, declared ones to whatever the user had in mind,
+    so declared speeds are first brought to the learned scale through the machines that have both."""
+    both = [n for n in names if n in learned and n in declared]
+    ratio = statistics.median(learned[n] / declared[n] for n in both) if both else 1.0
+    return {n: learned.get(n) or declared.get(n, 1.0) * ratio for n in names}
 
 
 def new_run_id() -> str:
@@ -338,8 +351,8 @@ class Run:
                 learned = history.machine_speeds()
             except HistoryError as exc:
                 self.notice(f"history: {exc}", "warning")
-        # Measured beats declared: the inventory's speed serves until history has learned one.
-        return {name: learned.get(name) or st.machine.speed or 1.0 for name, st in self.machines.items()}
+        declared = {name: st.machine.speed for name, st in self.machines.items() if st.machine.speed}
+        return combine_speeds(list(self.machines), learned, declared)
 
     def _startup(self, history: Any) -> dict[str, float]:
         if history is None:
@@ -486,6 +499,7 @@ class Run:
             await asyncio.sleep(1.0)
             now = self.now()
             self.queue.put_nowait(Tick(at=now))
+            self.renderer.tick()
             unhealthy = [st for st in self.machines.values() if st.status == "unhealthy"]
             if any(st.status in ("healthy", "degraded") for st in self.machines.values()) or not unhealthy:
                 none_healthy_since = None
@@ -511,7 +525,13 @@ class Run:
                 self._spawn(self._reprobe(st))
 
     async def _reprobe(self, st: _MachineState) -> None:
-        report = await probe(st.machine, st.transport, self.inv.health)
+        if st.probing:
+            return                            # the previous probe is still out: never pile them up
+        st.probing = True
+        try:
+            report = await probe(st.machine, st.transport, self.inv.health)
+        finally:
+            st.probing = False
         st.health = report
         status = "healthy" if report.healthy else "unhealthy"
         if status != st.status and st.status not in ("lost", "drained"):
@@ -609,6 +629,7 @@ class Run:
                         await self._stop(att)
                 if reason:
                     log.write(f"# {outcome}: {reason}\n")
+            run.ended = self.now()           # busy time and learned durations exclude the downloads below
             if outcome is Outcome.INFRA_FAILED and run.result.error and st.status != "lost":
                 await self._check_lost(st, run.result.error)
             if outcome.is_infra and st.status == "healthy":
@@ -625,7 +646,7 @@ class Run:
                 outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
             self.notes.append(f"{shard.id} attempt {att.attempt}: {type(exc).__name__}: {exc}")
         finally:
-            ended = self.now()
+            ended = run.ended if run.ended is not None else self.now()
             result = run.result
             self.records.append(AttemptRecord(
                 shard_id=shard.id, attempt=att.attempt, machine=att.machine, outcome=str(outcome),
@@ -823,9 +844,9 @@ class Run:
         from .workspace import ci_outputs, notify
 
         try:
-            for note in results.tests_from_record(record):
-                if note not in record.notes:
-                    record.notes.append(note)
+            notes = results.tests_from_record(record)
+            if self.suite is not None and self.suite.uses_junit:   # else "no JUnit" is expected, not news
+                record.notes.extend(n for n in notes if n not in record.notes)
         except Exception as exc:  # a broken JUnit file is a note, never a lost run
             record.notes.append(f"JUnit not read: {exc}")
         outputs: list[tuple[str, Callable[[], None]]] = [

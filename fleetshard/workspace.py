@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .runner import Run, _MachineState
 
 ARTIFACT_MAX_BYTES = 200 * 1024 * 1024
+SYNC_SKIP = frozenset({".git", ".hg", ".svn", ".fleetshard"})   # never copied by suite.sync
 
 
 def _workdir(st: _MachineState) -> str:
@@ -41,10 +42,15 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
+TEARDOWN_TIMEOUT = 300.0       # a hanging teardown must not hold the exit (after Ctrl-C, say) for long
+
+
 async def _step(run: Run, st: _MachineState, what: str, command: str) -> str | None:
     """Run a setup/teardown command with the run's env, log its output; why it failed, or None."""
     env = run._env(st, None, 0, None)
     timeout = run.suite.config.timeout if run.suite else None
+    if what == "teardown":
+        timeout = min(timeout or TEARDOWN_TIMEOUT, TEARDOWN_TIMEOUT)
     result, out = await st.transport.run(command, cwd=_workdir(st), env=env, timeout=timeout)
     log = run.run_dir / "logs" / f"{what}-{st.machine.name}.log"
     log.write_text(f"# {st.machine.name}: {command}\n{out}", encoding="utf-8")
@@ -132,6 +138,8 @@ async def sync_dir(local: Path, st: _MachineState) -> int:
         if not path.is_file():
             continue
         rel = path.relative_to(local).as_posix()
+        if rel.split("/", 1)[0] in SYNC_SKIP:
+            continue
         stat = path.stat()
         if remote.get(rel) == (stat.st_size, int(stat.st_mtime)) or (
                 rel in remote and remote[rel][0] == stat.st_size and remote[rel][1] >= int(stat.st_mtime)):
@@ -139,9 +147,12 @@ async def sync_dir(local: Path, st: _MachineState) -> int:
         changed.append(rel)
         if "/" in rel:
             dirs.add(rel.rsplit("/", 1)[0])
-    if dirs:
-        made = " ".join(remote_path(f"{_workdir(st)}/{d}") for d in sorted(dirs))
-        await st.transport.run(f"mkdir -p -- {made}", timeout=60)
+    ordered = sorted(dirs)
+    for i in range(0, len(ordered), 200):                     # keep each command line short
+        made = " ".join(remote_path(f"{_workdir(st)}/{d}") for d in ordered[i:i + 200])
+        result, out = await st.transport.run(f"mkdir -p -- {made}", timeout=60)
+        if result.exit_status != 0:
+            raise OSError(f"cannot create directories in {_workdir(st)}: {result.error or _last_line(out)}")
     for rel in changed:
         await st.transport.put_file(str(local / rel), f"{_workdir(st)}/{rel}")
     return len(changed)
@@ -241,7 +252,8 @@ def ci_outputs(run: Run, record: RunRecord) -> None:
 
 def notification(record: RunRecord) -> dict[str, Any]:
     c = record.counts()
-    verdict = "passed" if record.exit_code == 0 else "failed"
+    verdict = {0: "passed", 1: "failed", 3: "infrastructure failure", 130: "interrupted"}.get(
+        record.exit_code, "failed")
     failures = [{"shard": s.id, "state": s.state, "reason": s.reason, "files": s.files}
                 for s in record.shards if s.state != "passed"]
     report = str(Path(record.run_dir) / "report.json")
@@ -266,5 +278,5 @@ def notify(run: Run, record: RunRecord) -> None:
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        run.notice(f"notification to webhook failed: {exc}", "warning")
+    except Exception as exc:  # a webhook never fails a run
+        run.notice(f"notification to webhook failed: {type(exc).__name__}: {exc}", "warning")

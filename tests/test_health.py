@@ -174,3 +174,16 @@ def test_missing_known_hosts_file_trusts_nothing(fleet: SshFleet, fleet_inventor
     assert res.code == 3
     assert "unknown host key" in json.loads(res.out)["machines"][0]["reasons"][0]
     assert not (tmp_path / "none").exists()
+
+
+def test_reasons_are_printed_as_text_not_markup() -> None:
+    import io
+
+    from fleetshard.health import render_table
+    from fleetshard.probes import HealthReport
+
+    out = io.StringIO()
+    reason = "h1: unknown host key for [ilko2.lan]:2222 ([/usr/bin/x] [/])"
+    render_table([HealthReport(machine="h1", transport="ssh", address="x", reachable=False, healthy=False,
+                               reasons=(reason,))], out)
+    assert reason in out.getvalue()

@@ -659,3 +659,30 @@ def test_null_suite_is_no_suite() -> None:
 def test_bad_merge_value() -> None:
     err = error("machines:\n  a:\n    <<: 3\n")
     assert str(err) == "machines.yaml:3: machines.a: << (merge) expects a mapping or a list of mappings"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("machines:\n  a: {host: box.lan:2222}\n",
+     "machines.yaml:2: machines.a.host: expected a host name or address (put the port in port:)"),
+    ("machines:\n  a: {host: box, user: 'bob@x'}\n", "machines.a.user: expected a user name"),
+    ("machines:\n  '..': {host: box}\n", 'invalid machine name ".."'),
+    ("machines:\n  a: {host: box}\nnotify: 'http://h:abc/'\n", "notify: expected an http:// or https:// URL"),
+])
+def test_values_that_would_fail_later_are_refused_now(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "machines.yaml"
+    path.write_text(text)
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigError) as err:
+        load_inventory(path, ssh_config=tmp_path / "empty")
+    assert expected in str(err.value)
+
+
+def test_ipv6_host_is_fine_and_local_machines_never_read_ssh_config(tmp_path: Path) -> None:
+    path = tmp_path / "machines.yaml"
+    path.write_text("machines:\n  a: {host: '::1'}\n")
+    (tmp_path / "empty").write_text("")
+    assert load_inventory(path, ssh_config=tmp_path / "empty").machines[0].host == "::1"
+    broken = tmp_path / "config"
+    broken.write_bytes(b'Host "unterminated\n')
+    path.write_text("machines:\n  here: {transport: local}\n")
+    assert load_inventory(path, ssh_config=broken).machines[0].name == "here"

@@ -334,3 +334,13 @@ def test_order_for_queue_longest_first_stable() -> None:
     shards = [Shard("x", 1, 4, (), 2.0), Shard("y", 2, 4, (), None), Shard("z", 3, 4, (), 5.0),
               Shard("w", 4, 4, (), 2.0)]
     assert [s.id for s in order_for_queue(shards)] == ["z", "x", "w", "y"]
+
+
+def test_declared_speeds_are_brought_to_the_learned_scale() -> None:
+    from fleetshard.runner import combine_speeds
+
+    # declared: a=2, b=1, c=2; learned (median machine = 1.0): a=1.0, b=0.5; c never measured
+    speeds = combine_speeds(["a", "b", "c", "d"], {"a": 1.0, "b": 0.5}, {"a": 2.0, "b": 1.0, "c": 2.0})
+    assert speeds == {"a": 1.0, "b": 0.5, "c": 1.0, "d": 0.5}
+    assert combine_speeds(["a"], {}, {}) == {"a": 1.0}
+    assert combine_speeds(["a", "b"], {}, {"b": 0.3}) == {"a": 1.0, "b": 0.3}

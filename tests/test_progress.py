@@ -464,3 +464,13 @@ def test_finish_live_prints_colored_summary_with_verdict() -> None:
     out = ANSI.sub("", buf.getvalue())
     assert "machines" in out and "100%" in out
     assert out.rstrip().splitlines()[-1] == "PASSED: 4 shards in 1:40 (exit 0)"
+
+
+def test_plain_status_line_comes_on_ticks_without_events() -> None:
+    clock = FakeClock()
+    renderer, buf = plain_renderer(clock)
+    feed(renderer, scenario(clock))                           # last event at +00:28
+    clock.at(31)
+    renderer.tick()                                           # a long shard, no output: still a status
+    status = next(line for line in buf.getvalue().splitlines() if "status:" in line)
+    assert status.startswith("[+00:31] status:")
