@@ -762,7 +762,8 @@ def _machine(ctx: _Ctx, entry: _Entry, defaults: Mapping[str, Any],
         return builtin
 
     transport: Transport = setting("transport", "ssh")
-    env: dict[str, str | None] = {**(defaults.get("env") or {}), **(own.get("env") or {})}
+    inherited = {} if "env" in own and own["env"] is None else (defaults.get("env") or {})   # env: null
+    env: dict[str, str | None] = {**inherited, **(own.get("env") or {})}
     identity_files: tuple[str, ...] = setting("identity_file") or ()
     common: dict[str, Any] = {
         "name": name,
