@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +32,12 @@ df -Pk "$d" 2>/dev/null | awk 'NR==2 {print "disk_total_kb=" $2; print "disk_ava
 echo "os=$(uname -s)"
 echo "arch=$(uname -m)"
 echo "dir=$d"
+if [ -n "${FLEETSHARD_CALIBRATE:-}" ]; then
+  s=$(date +%s%N 2>/dev/null); i=0
+  while [ $i -lt 10000 ]; do i=$((i+1)); done
+  e=$(date +%s%N 2>/dev/null)
+  case "$s$e" in *N*|"") ;; *) echo "calib_ns=$((e - s))";; esac
+fi
 if [ -n "${FLEETSHARD_HEALTH_CHECK:-}" ]; then
   out=$(/bin/sh -c "$FLEETSHARD_HEALTH_CHECK" 2>&1 </dev/null); rc=$?
   echo "check_exit=$rc"
@@ -60,6 +66,7 @@ class HealthReport:
     connect_s: float | None = None
     latency_ms: float | None = None
     probe_s: float | None = None
+    calib_ms: float | None = None      # a fixed shell loop's time: a first guess of the machine's speed
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +111,7 @@ def metrics_from(values: Mapping[str, str]) -> dict[str, Any]:
         if disk_total and disk_avail is not None else None,
         "os": values.get("os") or None,
         "arch": values.get("arch") or None,
+        "calib_ms": round(calib / 1e6, 2) if (calib := _num(values, "calib_ns")) and calib > 0 else None,
     }
 
 
@@ -135,7 +143,8 @@ def _address(machine: Machine) -> str:
     return f"{user}{machine.host}{port}"
 
 
-async def probe(machine: Machine, transport: Transport, thresholds: HealthThresholds) -> HealthReport:
+async def probe(machine: Machine, transport: Transport, thresholds: HealthThresholds, *,
+                calibrate: bool = False) -> HealthReport:
     """Connect, run the probe script and time three no-op round trips; never raises."""
     base: dict[str, Any] = dict(machine=machine.name, transport=machine.transport,
                                 address=_address(machine), tags=machine.tags)
@@ -147,6 +156,8 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
         env = {"FLEETSHARD_PROBE_DIR": machine.workdir or "~", "FLEETSHARD_MACHINE": machine.name}
         if thresholds.check:
             env["FLEETSHARD_HEALTH_CHECK"] = thresholds.check
+        if calibrate:
+            env["FLEETSHARD_CALIBRATE"] = "1"
         result, out = await transport.run(PROBE_SCRIPT, env=env, timeout=remaining)
         if result.exit_status != 0:
             why = result.error or f"probe exited with {result.exit_status or result.signal}"
@@ -174,7 +185,29 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
                         probe_s=round(time.perf_counter() - started, 4), **metrics)
 
 
+CALIBRATION_NOISE = 1.3    # calibrated speeds within this factor of the median machine count as equal
+
+
+def calibrated_speeds(reports: Sequence[HealthReport]) -> dict[str, float]:
+    """First-run speed guesses from the probe's CPU loop, relative to the median machine (1.0).
+
+    Only clear differences count (a Raspberry Pi next to a workstation); machines within
+    CALIBRATION_NOISE of the median are taken as equal, as a loaded machine measures a little slow."""
+    times = {r.machine: r.calib_ms for r in reports if r.calib_ms}
+    if len(times) < 2:
+        return {}
+    median = statistics.median(times.values())
+    speeds = {}
+    for name, ms in times.items():
+        speed = median / ms
+        if not 1 / CALIBRATION_NOISE < speed < CALIBRATION_NOISE:
+            speeds[name] = round(speed, 2)
+    return speeds
+
+
 async def probe_all(machines: Sequence[Machine], transports: Mapping[str, Transport],
-                    thresholds: HealthThresholds) -> list[HealthReport]:
-    """Probe every machine at once; results in inventory order."""
-    return list(await asyncio.gather(*(probe(m, transports[m.name], thresholds) for m in machines)))
+                    thresholds: HealthThresholds, *, calibrate: Collection[str] = ()) -> list[HealthReport]:
+    """Probe every machine at once; results in inventory order. Machines named in ``calibrate`` also
+    time a short CPU loop (``calib_ms``)."""
+    return list(await asyncio.gather(*(probe(m, transports[m.name], thresholds, calibrate=m.name in calibrate)
+                                       for m in machines)))

@@ -18,7 +18,7 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -40,7 +40,7 @@ from .events import (
 )
 from .inventory import Inventory, Machine, select_machines
 from .model import EXIT_OK, MachineSlots, Outcome, RetryPolicy, Shard
-from .probes import HealthReport, probe, probe_all
+from .probes import HealthReport, calibrated_speeds, probe, probe_all
 from .record import AttemptRecord, MachineRecord, RunRecord, ShardRecord
 from .scheduler import (
     Cancel,
@@ -279,9 +279,12 @@ class Run:
         assert self.suite is not None
         suite = self.suite
         self.kill_grace = suite.config.kill_grace
-        usable = await self._check_machines(selected, transports)
         history = self._open_history()
-        speeds = self._speeds(history)
+        learned = self._learned_speeds(history)
+        # A first run knows no speed: machines with neither a declared nor a learned one time a CPU loop.
+        calibrate = {m.name for m in selected if not m.speed and m.name not in learned}
+        usable = await self._check_machines(selected, transports, calibrate)
+        speeds = self._speeds(learned)
         startup = self._startup(history)
         slots = [MachineSlots(name=s.machine.name, slots=s.slots, speed=speeds.get(s.machine.name, s.speed),
                               startup=startup.get(s.machine.name, 0.0)) for s in usable]
@@ -311,12 +314,13 @@ class Run:
         return await self._execute(shards, slots, strategy, assignment, expected, lower, history)
 
     # -- machines ------------------------------------------------------------------------------------
-    async def _check_machines(self, selected: Sequence[Machine], transports: Mapping[str, Transport]
-                              ) -> list[_MachineState]:
+    async def _check_machines(self, selected: Sequence[Machine], transports: Mapping[str, Transport],
+                              calibrate: Collection[str]) -> list[_MachineState]:
         states: list[_MachineState] = []
         if self.opts.skip_health_checks:
             need = [m for m in selected if m.slots is None and m.transport != "local"]
-            reports = {r.machine: r for r in await probe_all(need, transports, self.inv.health)}
+            reports = {r.machine: r for r in await probe_all(need, transports, self.inv.health,
+                                                               calibrate=calibrate)}
             for m in selected:
                 r = reports.get(m.name)
                 if r is not None and not r.reachable:
@@ -326,7 +330,7 @@ class Run:
                 states.append(_MachineState(m, transports[m.name], m.slots or cores or 1, m.speed or 1.0, r,
                                             base_dir=self.inv.base_dir))
         else:
-            for r in await probe_all(selected, transports, self.inv.health):
+            for r in await probe_all(selected, transports, self.inv.health, calibrate=calibrate):
                 m = self.inv.machine(r.machine)
                 if not r.healthy:
                     self.notice(f"{m.name}: left out ({r.status}): {'; '.join(r.reasons)}", "warning", m.name)
@@ -344,14 +348,22 @@ class Run:
             raise NoHealthyMachineError(f"no healthy machine to run on ({reasons})")
         return states
 
-    def _speeds(self, history: Any) -> dict[str, float]:
-        learned: dict[str, float] = {}
-        if history is not None:
-            try:
-                learned = history.machine_speeds()
-            except HistoryError as exc:
-                self.notice(f"history: {exc}", "warning")
-        declared = {name: st.machine.speed for name, st in self.machines.items() if st.machine.speed}
+    def _learned_speeds(self, history: Any) -> dict[str, float]:
+        if history is None:
+            return {}
+        try:
+            learned: dict[str, float] = history.machine_speeds()
+        except HistoryError as exc:
+            self.notice(f"history: {exc}", "warning")
+            return {}
+        return learned
+
+    def _speeds(self, learned: Mapping[str, float]) -> dict[str, float]:
+        """Learned, else declared, else the probe's CPU calibration, else 1.0."""
+        reports = [st.health for st in self.machines.values() if st.health is not None]
+        guessed = calibrated_speeds(reports)
+        declared = {name: st.machine.speed or guessed[name] for name, st in self.machines.items()
+                    if st.machine.speed or name in guessed}
         return combine_speeds(list(self.machines), learned, declared)
 
     def _startup(self, history: Any) -> dict[str, float]:

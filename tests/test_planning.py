@@ -344,3 +344,29 @@ def test_declared_speeds_are_brought_to_the_learned_scale() -> None:
     assert speeds == {"a": 1.0, "b": 0.5, "c": 1.0, "d": 0.5}
     assert combine_speeds(["a"], {}, {}) == {"a": 1.0}
     assert combine_speeds(["a", "b"], {}, {"b": 0.3}) == {"a": 1.0, "b": 0.3}
+
+
+def test_calibration_guesses_only_clear_speed_differences() -> None:
+    from fleetshard.probes import HealthReport, calibrated_speeds
+
+    def report(name: str, ms: float | None) -> HealthReport:
+        return HealthReport(machine=name, transport="ssh", address=name, reachable=True, healthy=True,
+                            calib_ms=ms)
+
+    speeds = calibrated_speeds([report("box", 10.0), report("laptop", 11.5), report("pi", 52.0),
+                                report("old", None)])
+    assert speeds == {"pi": round(11.5 / 52.0, 2)}
+    assert calibrated_speeds([report("one", 10.0)]) == {}
+
+
+def test_probe_calibrates_on_request() -> None:
+    import asyncio
+
+    from fleetshard.inventory import HealthThresholds, Machine
+    from fleetshard.probes import probe
+    from fleetshard.transport import LocalTransport
+
+    m = Machine(name="here", transport="local")
+    plain = asyncio.run(probe(m, LocalTransport(m), HealthThresholds(max_load_per_core=1000)))
+    timed = asyncio.run(probe(m, LocalTransport(m), HealthThresholds(max_load_per_core=1000), calibrate=True))
+    assert plain.calib_ms is None and timed.calib_ms is not None and timed.calib_ms > 0
