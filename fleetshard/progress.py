@@ -799,9 +799,8 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
         parts = [f"{counts['shards']} shards: {counts['passed']} passed", f"{counts['failed']} failed",
                  f"{counts['not_run']} not run", f"{counts['flaky']} flaky", f"{counts['retries']} retried"]
         out.append(Text(", ".join(parts)))
-        span = (max(a.ended for a in record.attempts) - min(a.started for a in record.attempts)
-                if record.attempts else record.duration)       # first shard start to last shard end
-        timing = f"makespan {format_duration(span)}"
+        span = record.makespan                                  # first shard start to last shard end
+        timing = f"makespan {format_duration(record.duration if span is None else span)}"
         if record.expected_makespan is not None:
             timing += f" (expected {format_duration(record.expected_makespan)}"
             if record.lower_bound is not None:

@@ -98,6 +98,13 @@ class RunRecord:
     def duration(self) -> float:
         return max(0.0, self.ended - self.started)
 
+    @property
+    def makespan(self) -> float | None:
+        """From the first attempt's start to the last attempt's end (None before any attempt)."""
+        if not self.attempts:
+            return None
+        return max(a.ended for a in self.attempts) - min(a.started for a in self.attempts)
+
     def counts(self) -> dict[str, int]:
         states = [s.state for s in self.shards]
         return {"shards": len(states), "passed": states.count("passed"), "failed": states.count("failed"),
