@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import planning
-from .errors import ConnectError, FleetshardError, HistoryError, NoHealthyMachineError
+from .errors import ConnectError, HistoryError, NoHealthyMachineError
 from .events import (
     Event,
     MachineInfo,
@@ -401,7 +401,7 @@ class Run:
                           for i in resume.shard_indices]
                 return shards, f"resuming {len(shards)} shards of run {self.opts.resume}", "uniform"
             shards = planning.native_shards(count, slots, strategy)  # type: ignore[arg-type]
-            why = f"{len(shards)} shards: {'one per slot' if strategy == 'static' else '2 per slot'}"
+            why = planning.native_why(len(shards), slots, strategy, explicit=count is not None)  # type: ignore[arg-type]
             return shards, why, "uniform"
         files = discover_files(suite, self.inv.base_dir)
         if resume is not None:
@@ -896,13 +896,4 @@ class Run:
 
 def run_command(inv: Inventory, opts: RunOptions) -> int:
     """`fleetshard run` / `fleetshard plan`: returns the exit code."""
-    run = Run(inv, opts)
-    try:
-        return asyncio.run(run.main())
-    except FleetshardError:
-        raise
-
-
-def write_lines(out: TextIO, lines: Sequence[str]) -> None:
-    for line in lines:
-        out.write(line + "\n")
+    return asyncio.run(Run(inv, opts).main())

@@ -132,10 +132,6 @@ def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str
     return "; ".join(parts)
 
 
-def argv_line(argv: Sequence[str]) -> str:
-    """A shell line that runs ``argv`` exactly, each word quoted."""
-    return shlex.join(argv)
-
 
 def kill_script(pgids: Sequence[int], signal: str, *, markers: Sequence[str] = ()) -> str:
     """Signal every listed process group (and the rest of its session, where pkill exists).

@@ -154,7 +154,6 @@ class _Connection:
 
     def release(self) -> None:
         self.channels -= 1
-        self.owner._released()
 
 
 class SshTransport:
@@ -175,10 +174,6 @@ class SshTransport:
         self._sftp_client: asyncio.Future[Any] | None = None
 
     # -- connecting ---------------------------------------------------------------------------
-    def _target(self) -> str:
-        user = self.machine.user or _local_user()
-        return f"{user}@{self.machine.host}:{self.machine.port}"
-
     async def _open(self, host: str, port: int, user: str | None, identity_files: Sequence[str],
                     known_hosts: Path, timeout: float, tunnel: Any = None) -> Any:
         client = _Client(known_hosts, self.accept_new)
@@ -302,9 +297,6 @@ class SshTransport:
                     c = await self._new_connection()
                     c.channels += 1
                     return c
-
-    def _released(self) -> None:
-        return None
 
     # -- running ------------------------------------------------------------------------------
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
