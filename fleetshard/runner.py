@@ -442,9 +442,10 @@ class Run:
             table.add_row(s.id, where.get(s.id, "(queue)"), files or f"{s.index}/{s.total}",
                           format_duration(s.expected) if s.expected is not None else "?")
         console.print(table)
-        machines = ", ".join(f"{m.name} ({m.slots} slots, speed {m.speed:g})" for m in slots)
-        console.print(f"machines: {machines}")
-        console.print(f"shards: {explain}; durations from {source}")
+        machines = ", ".join(f"{m.name} ({m.slots} slot{'s' if m.slots != 1 else ''}, speed {m.speed:.2g})"
+                             for m in slots)
+        console.print(f"machines: {machines}", soft_wrap=True)
+        console.print(f"shards: {explain}", soft_wrap=True)
         if expected is not None and lower is not None:
             console.print(f"expected makespan {format_duration(expected)}, lower bound {format_duration(lower)}"
                           f" ({expected / lower:.2f}x)" if lower > 0 else "")
