@@ -153,6 +153,26 @@ def effective_workdir(machine: Machine, base_dir: Path) -> str:
     return wd or "~"
 
 
+SECRET_OPTIONS = ("--notify",)      # their values (a webhook URL holds a token) never reach reports or history
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    hide = False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg in SECRET_OPTIONS:
+            out.append(arg)
+            hide = True
+        elif arg.startswith(tuple(f"{o}=" for o in SECRET_OPTIONS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
+
+
 def combine_speeds(names: Sequence[str], learned: Mapping[str, float], declared: Mapping[str, float]
                    ) -> dict[str, float]:
     """Measured beats declared: the inventory's speed serves until history has learned one. Learned
@@ -844,7 +864,7 @@ class Run:
             if seen is not None:
                 a.queued, a.assigned = self.wall(seen.queued_at), self.wall(seen.assigned_at)
         return RunRecord(
-            run_id=self.run_id, started=self.t0_wall, ended=time.time(), argv=list(self.opts.argv),
+            run_id=self.run_id, started=self.t0_wall, ended=time.time(), argv=redact_argv(self.opts.argv),
             inventory=str(self.inv.path), strategy=strategy, mode=self.suite.mode, command=self.suite.command,
             exit_code=code, machines=machines, shards=shard_records,
             attempts=sorted(self.records, key=lambda a: (a.started, a.shard_id)),

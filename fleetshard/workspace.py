@@ -278,5 +278,6 @@ def notify(run: Run, record: RunRecord) -> None:
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
-    except Exception as exc:  # a webhook never fails a run
-        run.notice(f"notification to webhook failed: {type(exc).__name__}: {exc}", "warning")
+    except Exception as exc:  # a webhook never fails a run; its URL (a secret) is never printed
+        run.notice(f"notification to webhook failed: {type(exc).__name__}: {str(exc).replace(url, '***')}",
+                   "warning")

@@ -88,3 +88,10 @@ def _is_sleep(pid: int) -> bool:
         return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep")
     except OSError:
         return False
+
+
+def test_webhook_urls_never_reach_reports() -> None:
+    from fleetshard.runner import redact_argv
+
+    assert redact_argv(["run", "--notify", "https://hooks/T0/secret", "--notify=https://x/secret", "-q"]) == [
+        "run", "--notify", "***", "--notify=***", "-q"]
