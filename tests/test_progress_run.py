@@ -78,8 +78,8 @@ def test_reprobe_drains_an_unhealthy_machine_and_it_rejoins(fleet: SshFleet, fle
     flag_dir = fleet.root / f"maint-{time.monotonic_ns()}"
     flag_dir.mkdir()
     os.chmod(flag_dir, 0o777)
-    fs = FakeSuite(tmp_path, fleet.root, specs(24, 0.4))
-    inv = fleet_inventory(machines=["h1", "h2"], slots=1, suite=fs.suite(shards=24),
+    fs = FakeSuite(tmp_path, fleet.root, specs(32, 0.4))
+    inv = fleet_inventory(machines=["h1", "h2"], slots=1, suite=fs.suite(shards=32),
                           health={"interval": 0.5, "check": f'[ ! -e {flag_dir}/"$FLEETSHARD_MACHINE" ]'})
     js = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--json-report", str(js)],
@@ -88,7 +88,7 @@ def test_reprobe_drains_an_unhealthy_machine_and_it_rejoins(fleet: SshFleet, fle
     flag = flag_dir / "h2"
     flag.write_text("maintenance\n")
     down_at = time.time()
-    time.sleep(2.5)
+    time.sleep(4.0)
     flag.unlink()
     up_at = time.time()
     out, err = proc.communicate(timeout=90)
@@ -96,6 +96,6 @@ def test_reprobe_drains_an_unhealthy_machine_and_it_rejoins(fleet: SshFleet, fle
     assert "h2" in out and "unhealthy" in out and "health check" in out
     starts = [a["started"] for a in json.loads(js.read_text())["attempts"] if a["machine"] == "h2"]
     assert any(s < down_at for s in starts) and any(s > up_at for s in starts)
-    # while in maintenance (after one probe interval to notice), h2 took no new shard
-    assert not [s for s in starts if down_at + 1.2 < s < up_at]
+    # while in maintenance (after a probe interval or so to notice, on a busy CI machine), h2 took no new shard
+    assert not [s for s in starts if down_at + 2.0 < s < up_at]
     fs.cleanup()
