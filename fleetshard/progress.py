@@ -17,7 +17,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -50,7 +50,8 @@ from .model import (
     Outcome,
     Shard,
 )
-from .record import AttemptRecord, RunRecord
+from .record import AttemptRecord, RunRecord, ShardRecord
+from .results import attempts_by_shard, deciding_attempt
 
 __all__ = [
     "LiveRenderer",
@@ -736,12 +737,9 @@ def machine_summaries(record: RunRecord) -> list[MachineSummary]:
     return list(rows.values())
 
 
-def _deciding_attempt(record: RunRecord, shard_id: str) -> AttemptRecord | None:
-    """The last attempt of a shard that was not cancelled (else the last one)."""
-    attempts = [a for a in record.attempts if a.shard_id == shard_id]
-    decided = [a for a in attempts if a.outcome != Outcome.CANCELLED]
-    pool = decided or attempts
-    return max(pool, key=lambda a: (a.ended, a.attempt)) if pool else None
+def _shown_attempt(shard: ShardRecord, attempts: Sequence[AttemptRecord]) -> AttemptRecord | None:
+    """The attempt whose result the shard carries, else (all cancelled) its last one, for the log path."""
+    return deciding_attempt(shard, attempts) or (attempts[-1] if attempts else None)
 
 
 def verdict_line(record: RunRecord) -> str:
@@ -809,11 +807,12 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
         elif record.lower_bound is not None:
             timing += f" (lower bound {format_duration(record.lower_bound)})"
         out.append(Text(timing))
+    by_shard = attempts_by_shard(record)
     failed = [s for s in record.shards if s.state == "failed"]
     if failed:
         out.append(Text(f"failures ({len(failed)}):", style="bold red"))
         for shard in failed:
-            attempt = _deciding_attempt(record, shard.id)
+            attempt = _shown_attempt(shard, by_shard.get(shard.id, []))
             line = Text(f"  {shard.id}")
             if attempt is not None:
                 line.append(f" on {attempt.machine} ({attempt.outcome}")
@@ -829,7 +828,7 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
     if not_run:
         out.append(Text(f"not run ({len(not_run)}):", style="bold magenta"))
         for shard in not_run:
-            attempt = _deciding_attempt(record, shard.id)
+            attempt = _shown_attempt(shard, by_shard.get(shard.id, []))
             line = Text(f"  {shard.id}: {shard.reason or 'not run'}")
             if attempt is not None and attempt.log_path:
                 line.append(f"  log: {attempt.log_path}", style="dim")

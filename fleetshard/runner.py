@@ -329,7 +329,7 @@ class Run:
             expected = sim.makespan
             lower = planning.lower_bound([s.expected or 0.0 for s in shards], slots)
         if self.opts.dry_run:
-            self._print_plan(shards, slots, strategy, assignment, expected, lower, explain, source)
+            self._print_plan(shards, slots, strategy, assignment, expected, lower, explain)
             return EXIT_OK
         return await self._execute(shards, slots, strategy, assignment, expected, lower, history)
 
@@ -442,7 +442,7 @@ class Run:
 
     def _print_plan(self, shards: Sequence[Shard], slots: Sequence[MachineSlots], strategy: str,
                     assignment: Mapping[str, str] | None, expected: float | None, lower: float | None,
-                    explain: str, source: str) -> None:
+                    explain: str) -> None:
         from rich.table import Table
 
         from .console import make_console
