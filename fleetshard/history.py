@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from .errors import HistoryError, UsageError
 from .record import AttemptRecord, MachineRecord, RunRecord, ShardRecord, TestRecord
-from .results import dumps, record_dict
+from .results import dumps
 
 MIGRATIONS: tuple[str, ...] = (
     # v1
@@ -328,7 +328,7 @@ class History:
         run_row = (record.run_id, record.started, record.ended, record.exit_code, record.strategy,
                    record.mode, record.command, record.inventory, json.dumps(record.argv),
                    json.dumps(counts), record.expected_makespan, record.lower_bound, record.run_dir,
-                   record.commit, dumps(record_dict(record)))
+                   record.commit, dumps(record.as_dict()))
 
         with self._transaction() as conn:
             for table in _CHILD_TABLES:

@@ -17,7 +17,7 @@ import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -468,16 +468,6 @@ def flaky_tests(record: RunRecord) -> list[dict[str, Any]]:
              "machine": t.machine, "attempt": t.attempt} for t in record.tests if t.flaky]
 
 
-def record_dict(record: RunRecord) -> dict[str, Any]:
-    """Equal to ``record.as_dict()``, built from shallow copies (``asdict`` deep-copies: slow for big runs)."""
-    data: dict[str, Any] = {f.name: getattr(record, f.name) for f in fields(RunRecord)}
-    for key in ("machines", "shards", "attempts", "tests"):
-        data[key] = [dict(vars(item)) for item in data[key]]
-    data["duration"] = record.duration
-    data["counts"] = record.counts()
-    return data
-
-
 def dumps(data: Any, *, indent: int | None = None) -> str:
     """JSON text; NaN and infinities (never valid JSON) become null."""
     try:
@@ -488,7 +478,7 @@ def dumps(data: Any, *, indent: int | None = None) -> str:
 
 def write_json_report(record: RunRecord, out: Path) -> None:
     """``record.as_dict()`` plus version, ISO timestamps, exit description and flaky tests. Atomic."""
-    data = record_dict(record)
+    data = record.as_dict()
     data["version"] = __version__
     data["started_at"] = _iso(record.started)
     data["ended_at"] = _iso(record.ended)

@@ -257,8 +257,11 @@ def test_exit_code_description() -> None:
     assert exit_code_description(42) == "exit code 42"
 
 
-def test_record_dict_equals_as_dict(tmp_path: Path) -> None:
+def test_as_dict_equals_the_deep_conversion(tmp_path: Path) -> None:
+    import dataclasses
+
     record = build_record(tmp_path)
     results_mod.tests_from_record(record)
     record.attempts[0].artifacts = ["a/b.zip"]
-    assert results_mod.record_dict(record) == record.as_dict()
+    assert record.as_dict() == {**dataclasses.asdict(record), "duration": record.duration,
+                                "counts": record.counts()}
