@@ -6,6 +6,15 @@ host key; all share one client key, one ``authorized_keys`` and one ``known_host
 (``FLEETSHARD_TEST_SPEED``) and which fleet started it (``FLEETSHARD_TEST_FLEET``), so tests can find
 every process a run left behind.
 
+Slow machines are really slow: where the cgroup v1 ``cpu`` controller is writable (``/sys/fs/cgroup/cpu``),
+each machine's sshd, and so every session it starts, runs in its own cgroup whose CPU quota
+(``cpu.cfs_quota_us``) is ``cpu_cores / speed`` cores, so CPU-bound work (the probe's calibration, a real
+test suite) takes ``speed`` times longer there. Where cgroups are not writable (or
+``FLEETSHARD_TEST_CGROUPS=0``), only the sleep-based slowness remains: fake suites multiply their sleeps by
+``FLEETSHARD_TEST_SPEED`` in both cases. ``FLEETSHARD_TEST_CPU`` in a session says which applies (the
+quota in cores, or ``none``). The cgroups are removed at teardown; empty ones a killed run left are
+swept when the next fleet starts.
+
 Used by the integration tests (``tests/conftest.py``) and by the benchmarks in ``bench/``::
 
     with SshFleet(Path(tmp), n=4, speeds=[1, 1, 2, 3]) as fleet:
@@ -39,10 +48,17 @@ TEST_USER = "fleetshard-test"
 HOST_ENV = "FLEETSHARD_TEST_HOST"
 SPEED_ENV = "FLEETSHARD_TEST_SPEED"
 FLEET_ENV = "FLEETSHARD_TEST_FLEET"
+CPU_ENV = "FLEETSHARD_TEST_CPU"
+CGROUPS_SWITCH_ENV = "FLEETSHARD_TEST_CGROUPS"
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_PREFIX = "fleetshard-test-"
+CFS_PERIOD_US = 100_000
+SHARES_PER_CORE = 4096  # cpu.shares of a cgroup per core of quota (a process outside any has 1024)
 PRIVSEP_DIR = Path("/run/sshd")
 START_TIMEOUT = 10.0
 
 __all__ = [
+    "CPU_ENV",
     "FLEET_ENV",
     "HOST_ENV",
     "SPEED_ENV",
@@ -50,6 +66,7 @@ __all__ = [
     "MakeFleet",
     "SshFleet",
     "WriteInventory",
+    "cgroup_skip_reason",
     "skip_reason",
 ]
 
@@ -61,6 +78,27 @@ def skip_reason() -> str | None:
     if shutil.which("ssh-keygen") is None:
         return "ssh-keygen not found (apt-get install openssh-client)"
     return None
+
+
+def cgroup_skip_reason(root: Path = CGROUP_CPU) -> str | None:
+    """Why machines cannot get CPU quotas here (cgroup v1 ``cpu``), or None when they can."""
+    if os.environ.get(CGROUPS_SWITCH_ENV, "1").strip().lower() in ("0", "no", "false", "off"):
+        return f"{CGROUPS_SWITCH_ENV}=0"
+    if not (root / "cpu.cfs_quota_us").is_file():
+        return f"no cgroup v1 cpu controller at {root}"
+    if not os.access(root, os.W_OK):
+        return f"{root} is not writable"
+    return None
+
+
+def _sweep_stale_cgroups(root: Path) -> None:
+    """Remove empty cgroups of fleets that are gone (a killed test run cannot clean up after itself)."""
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            if entry.name.startswith(CGROUP_PREFIX) and entry.is_dir():
+                with contextlib.suppress(OSError):
+                    if not (entry / "cgroup.procs").read_text().strip():
+                        entry.rmdir()
 
 
 @dataclass
@@ -76,6 +114,8 @@ class FleetMachine:
     workdir: Path
     config_path: Path
     log_path: Path
+    cpu_quota: float | None = None  # cores this machine's sessions may use; None: not confined
+    cgroup: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -270,7 +310,11 @@ class SshFleet:
         *,
         speeds: Sequence[float] | None = None,
         first_octet_start: int = 2,
+        cgroups: bool | None = None,
+        cpu_cores: float = 1.0,
     ) -> None:
+        """``cgroups``: confine each machine to ``cpu_cores / speed`` cores (None: where writable;
+        True: required, an error where not writable; False: never)."""
         if n < 1:
             raise ValueError("a fleet needs at least one machine")
         if speeds is not None and len(speeds) != n:
@@ -279,6 +323,11 @@ class SshFleet:
         self.n = n
         self.speeds: list[float] = [float(s) for s in speeds] if speeds is not None else [1.0] * n
         self.first_octet_start = first_octet_start
+        if cpu_cores <= 0:
+            raise ValueError("cpu_cores must be positive")
+        self.cpu_cores = float(cpu_cores)
+        self._want_cgroups = cgroups
+        self.cgroups = False  # whether the machines' CPU is really confined (decided at start)
         self.fleet_id = secrets.token_hex(6)
         self.user = TEST_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         self.client_key = self.root / "client_ed25519"
@@ -374,6 +423,7 @@ class SshFleet:
             self.machines.append(machine)
             self._by_name[name] = machine
 
+        self._setup_cgroups()
         for machine in self.machines:
             machine.log_path.write_bytes(b"")
             self._spawn(machine)
@@ -389,6 +439,72 @@ class SshFleet:
             atexit.unregister(self.stop)
         self._kill(self.machines)
         self._paused.clear()
+        self._remove_cgroups()
+
+    # ---------------------------------------------------------------- cgroups
+
+    def _setup_cgroups(self) -> None:
+        if self._want_cgroups is False:
+            return
+        reason = cgroup_skip_reason()
+        if reason is not None:
+            if self._want_cgroups:
+                raise RuntimeError(f"CPU quotas for the fleet's machines are not possible: {reason}")
+            return
+        _sweep_stale_cgroups(CGROUP_CPU)
+        try:
+            for machine in self.machines:
+                machine.cpu_quota = self.cpu_cores / machine.speed if machine.speed > 0 else self.cpu_cores
+                machine.cgroup = CGROUP_CPU / f"{CGROUP_PREFIX}{self.fleet_id}-{machine.name}"
+                self._ensure_cgroup(machine)
+        except OSError as exc:
+            self._remove_cgroups()
+            for machine in self.machines:
+                machine.cpu_quota = machine.cgroup = None
+            if self._want_cgroups:
+                raise RuntimeError(f"CPU quotas for the fleet's machines failed: {exc}") from exc
+            return
+        self.cgroups = True
+
+    def _ensure_cgroup(self, machine: FleetMachine) -> None:
+        """Create the machine's cgroup (again, if a sweep removed it) with its CPU quota."""
+        if machine.cgroup is None or machine.cpu_quota is None:
+            return
+        machine.cgroup.mkdir(exist_ok=True)
+        (machine.cgroup / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        quota = max(1000, round(CFS_PERIOD_US * machine.cpu_quota))
+        (machine.cgroup / "cpu.cfs_quota_us").write_text(str(quota))
+        # A cgroup competes with each process outside it as one: weigh it like a few busy processes
+        # (fewer on slower machines), so a busy host does not starve the fleet's sessions.
+        (machine.cgroup / "cpu.shares").write_text(str(max(2, round(SHARES_PER_CORE * machine.cpu_quota))))
+
+    def _remove_cgroups(self) -> None:
+        """rmdir every machine's cgroup; killed tasks leave it asynchronously, so retry briefly."""
+        pending = [m.cgroup for m in self.machines if m.cgroup is not None and m.cgroup.exists()]
+        deadline = time.monotonic() + 5
+        while pending:
+            still = []
+            for path in pending:
+                try:
+                    path.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    still.append(path)
+            pending = still
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+
+    def cgroup_pids(self, name: str) -> list[int]:
+        """Pids in a machine's cgroup (empty when it has none)."""
+        cgroup = self.machine(name).cgroup
+        if cgroup is None:
+            return []
+        try:
+            return sorted(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
+        except OSError:
+            return []
 
     # ---------------------------------------------------------------- spawning
 
@@ -426,7 +542,8 @@ class SshFleet:
             "PrintLastLog no",
             "UseDNS no",
             f"SetEnv {HOST_ENV}={machine.name} {SPEED_ENV}={_format_speed(machine.speed)} "
-            f"{FLEET_ENV}={self.fleet_id}",
+            f"{FLEET_ENV}={self.fleet_id} "
+            f"{CPU_ENV}={'none' if machine.cpu_quota is None else f'{machine.cpu_quota:.3g}'}",
             "ClientAliveInterval 0",
             "",
         ]
@@ -434,6 +551,7 @@ class SshFleet:
 
     def _spawn(self, machine: FleetMachine) -> None:
         self._write_config(machine)
+        self._ensure_cgroup(machine)
         with open(machine.log_path, "ab") as log:
             machine.process = subprocess.Popen(
                 [str(SSHD), "-D", "-e", "-f", str(machine.config_path)],
@@ -442,6 +560,14 @@ class SshFleet:
                 stderr=log,
                 start_new_session=True,
             )
+        if machine.cgroup is not None:
+            # Before the first connection (the readiness poll), so every session inherits the quota.
+            try:
+                (machine.cgroup / "cgroup.procs").write_text(str(machine.process.pid))
+            except OSError as exc:
+                machine.process.kill()
+                machine.process.wait()
+                raise RuntimeError(f"cannot put {machine.name}'s sshd into {machine.cgroup}: {exc}") from exc
 
     def _wait_ready(self, machines: Sequence[FleetMachine], *, fixed_port: bool) -> None:
         """Poll until each sshd sends its banner; re-pick a port taken meanwhile (unless fixed)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fleet import MakeFleet, SshFleet, WriteInventory, _descendants, skip_reason
+from fleet import MakeFleet, SshFleet, WriteInventory, _descendants, cgroup_skip_reason, skip_reason
 
 
 def ssh(fleet: SshFleet, name: str, command: str, *, timeout: float = 10) -> subprocess.CompletedProcess[str]:
@@ -256,6 +256,44 @@ def test_teardown_leaves_nothing(make_fleet: MakeFleet) -> None:
     assert not _alive(pid)
     assert f.processes() == []
     assert all(refuses(m.address, m.port) for m in f.machines)
+    assert all(m.cgroup is None or not m.cgroup.exists() for m in f.machines)
+
+
+def _cpu_stat(cgroup: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in (cgroup / "cpu.stat").read_text().splitlines())}
+
+
+def test_slow_machines_get_a_cpu_quota_their_sessions_inherit(make_fleet: MakeFleet) -> None:
+    reason = cgroup_skip_reason()
+    if reason is not None:
+        pytest.skip(f"no CPU quotas here ({reason}): slow machines only sleep longer")
+    f = make_fleet(2, speeds=[1, 4])
+    assert f.cgroups
+    fast, slow = f.machines
+    assert fast.cgroup is not None and slow.cgroup is not None
+    assert (slow.cgroup / "cpu.cfs_quota_us").read_text().strip() == str(25_000)
+    assert (fast.cgroup / "cpu.cfs_quota_us").read_text().strip() == str(100_000)
+    assert slow.pid in f.cgroup_pids("h2")
+    # A session and its children are in the machine's cgroup, and say so in their environment.
+    out = ssh(f, "h2", "sh -c 'echo $FLEETSHARD_TEST_CPU; cat /proc/self/cgroup'").stdout
+    assert out.splitlines()[0] == "0.25"
+    assert any(line.endswith(":/" + slow.cgroup.name) for line in out.splitlines() if ":cpu:" in line)
+    # CPU-bound work there is throttled by the quota (a count, not a timing).
+    before = _cpu_stat(slow.cgroup)["nr_throttled"]
+    burned = ssh(f, "h2", "python3 -c 'print(sum(range(3_000_000)))'")
+    assert burned.stdout.strip() == str(sum(range(3_000_000))), burned.stderr
+    assert _cpu_stat(slow.cgroup)["nr_throttled"] > before
+    # A restarted machine is confined again.
+    f.restart_machine("h2")
+    assert slow.pid in f.cgroup_pids("h2")
+    f.stop()
+    assert not fast.cgroup.exists() and not slow.cgroup.exists()
+
+
+def test_without_cgroups_slowness_is_sleep_only(make_fleet: MakeFleet) -> None:
+    f = make_fleet(1, speeds=[3], cgroups=False)
+    assert not f.cgroups and f.machines[0].cgroup is None
+    assert ssh(f, "h1", "echo $FLEETSHARD_TEST_SPEED $FLEETSHARD_TEST_CPU").stdout.split() == ["3", "none"]
 
 
 def _alive(pid: int) -> bool:

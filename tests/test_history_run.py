@@ -32,9 +32,10 @@ def test_second_run_is_planned_from_history(fleet: SshFleet, fleet_inventory: Wr
     assert second["expected_makespan"] and second["lower_bound"]
     assert second["expected_makespan"] >= second["lower_bound"] * 0.99
     assert "expected" in res.out and "lower bound" in res.out
-    # the longest file heads the queue and goes to a fast machine
+    # the longest file heads the queue and goes to a fast machine (with a few small files when each shard
+    # must carry several start-ups' worth of work; a busy host makes start-ups longer)
     head = second["shards"][0]
-    assert head["files"] == ["tests/t01.test"]
+    assert head["files"][0] == "tests/t01.test", plan.out
     assert next(a["machine"] for a in second["attempts"] if a["shard_id"] == head["id"]) in ("h1", "h2")
     hist = fleetshard("history", "-i", inv)
     assert hist.code == 0 and json.loads(js1.read_text())["run_id"] in hist.out and second["run_id"] in hist.out
