@@ -10,7 +10,7 @@ attempt.
 Every change comes back from :meth:`LiveModel.apply` as *deltas*: small JSON-ready dicts
 ``{"seq": n, "t": kind, "k": key, "v": value}`` that replace one entity (``run``, ``progress``,
 ``machine``, ``attempt``, ``failure``), append one (``notice``), or carry one output line (``line``,
-for the viewers of that attempt's tail only). :meth:`LiveModel.snapshot` is the whole state with the
+for the viewers of that attempt's tail only, without ``seq``). :meth:`LiveModel.snapshot` is the whole state with the
 ``seq`` of the last delta in it, so a viewer applies a snapshot, then every delta with a larger ``seq``;
 one that missed deltas starts again from a snapshot.
 
@@ -244,7 +244,7 @@ class LiveModel:
             return []
         line = _line(event.line)
         tail.append(line)
-        return [self._delta("line", line, key)]
+        return [{"t": "line", "k": key, "v": line}]         # not numbered: not part of snapshots
 
     def _shard_finished(self, event: ShardFinished) -> list[Delta]:
         sid = event.shard.id
