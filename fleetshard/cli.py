@@ -185,6 +185,10 @@ def plan(
         "--skip-health-checks", help="Do not probe machines (slots must then be set in the inventory).")]
         = False,
     accept_new_host_keys: AcceptOpt = False,
+    what_if: Annotated[list[str] | None, typer.Option(
+        "--what-if", metavar="CHANGES",
+        help="Simulate the last recorded run on changed machines instead: without:NAME, like:NAME=NEW, "
+             "slots:NAME=N, speed:NAME=X (comma-separated or repeated). Probes nothing.")] = None,
 ) -> None:
     """Show which machine gets which shard, the expected makespan and its lower bound. Runs nothing."""
     from .inventory import load_inventory
@@ -192,6 +196,10 @@ def plan(
 
     def call() -> int:
         inv = load_inventory(inventory)
+        if what_if:
+            from .whatif import what_if_command
+
+            return what_if_command(inv, what_if)
         return run_command(inv, RunOptions(selector=machines, strategy=strategy.value if strategy else None,
                                            shards=shards, skip_health_checks=skip_health_checks,
                                            dry_run=True, accept_new_host_keys=accept_new_host_keys))
