@@ -18,7 +18,9 @@ File mode (``build_shards``):
   cut into shards of at least ``PLANNED_STARTUPS`` start-ups of work, so the plan stays balanced while each
   shard's fixed cost stays small; the scheduler runs those lists and lets a machine that runs dry steal.
 
-Native mode (``native_shards``): the suite's own ``--shard={shard}/{total}``; fleetshard only picks the count.
+Native mode (``native_shards``): the suite's own ``--shard={shard}/{total}``; fleetshard only picks the count:
+one shard per slot without history, else the count whose simulated makespan (equal shards, each paying its
+machine's learned start-up) is least (:func:`choose_native_count`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ from typing import Literal, NamedTuple
 from .model import MachineSlots, Shard
 
 Strategy = Literal["static", "dynamic"]
-EstimateSource = Literal["history", "filesize", "uniform"]
+EstimateSource = Literal["history", "collection", "filesize", "uniform"]
 
 GSS_K = 2.0                 # batch ≈ remaining work / (GSS_K × total slots)
 STARTUP_FACTOR = 3.0        # with a known start-up cost, batches of at least this many start-ups of work
 PLANNED_STARTUPS = 10.0     # with history: a shard carries at least this many start-ups of work (≤ 10 % overhead)
-NATIVE_DYNAMIC_CAP = 64     # auto native shard count for the dynamic strategy: 2 × slots, at most this ...
-                            # ... unless there are more slots than that (then one per slot)
+NATIVE_MAX_PER_SLOT = 4     # auto native shard count: at most this many shards per slot are considered
+NATIVE_MIN_GAIN = 0.03      # more native shards than slots only when they simulate this much faster
 
 
 # --------------------------------------------------------------------------------------------- estimates
@@ -49,8 +51,10 @@ class Estimates:
     """Expected seconds per file (speed-1.0 machine) and where they came from.
 
     ``source`` is ``"history"`` when at least one file has a recorded duration (unseen files get the
-    median), ``"filesize"`` when nothing is known and weights follow file sizes (mean 1.0), ``"uniform"``
-    when nothing is known at all (1.0 each). Only history gives real seconds (:attr:`real`).
+    median), ``"collection"`` when nothing is recorded but the runner's own collection counted the tests
+    in each file (weights follow those counts, mean 1.0), ``"filesize"`` when weights follow file sizes
+    (mean 1.0), ``"uniform"`` when nothing is known at all (1.0 each). Only history gives real seconds
+    (:attr:`real`).
     """
 
     durations: dict[str, float]
@@ -65,21 +69,35 @@ def _valid(value: float) -> bool:
     return math.isfinite(value) and value >= 0.0
 
 
+def _relative(unique: Sequence[str], values: Mapping[str, float] | None) -> dict[str, float] | None:
+    """Weights proportional to ``values`` (missing files get the median), mean 1.0; None if unusable."""
+    if not values:
+        return None
+    given = {f: float(values[f]) for f in unique if f in values and _valid(float(values[f]))}
+    if not given or sum(given.values()) <= 0:
+        return None
+    median = statistics.median(given.values())
+    raw = {f: given.get(f, median) for f in unique}
+    mean = sum(raw.values()) / len(raw)
+    return {f: v / mean for f, v in raw.items()}
+
+
 def expected_durations(files: Sequence[str], known: Mapping[str, float], *,
-                       sizes: Mapping[str, int] | None = None) -> Estimates:
-    """Expected duration of each file: history, else relative file size, else 1.0 each."""
+                       sizes: Mapping[str, int] | None = None,
+                       counts: Mapping[str, int] | None = None) -> Estimates:
+    """Expected duration of each file: history, else tests per file from the runner's collection
+    (``counts``), else relative file size, else 1.0 each."""
     unique = list(dict.fromkeys(files))
     seen = {f: float(known[f]) for f in unique if f in known and _valid(float(known[f]))}
     if seen:
         median = statistics.median(seen.values())
         return Estimates({f: seen.get(f, median) for f in unique}, "history")
-    if sizes:
-        given = {f: float(sizes[f]) for f in unique if f in sizes and _valid(float(sizes[f]))}
-        if given and sum(given.values()) > 0:
-            median = statistics.median(given.values())
-            raw = {f: given.get(f, median) for f in unique}
-            mean = sum(raw.values()) / len(raw)
-            return Estimates({f: v / mean for f, v in raw.items()}, "filesize")
+    by_count = _relative(unique, {f: float(c) for f, c in (counts or {}).items()})
+    if by_count is not None:
+        return Estimates(by_count, "collection")
+    by_size = _relative(unique, {f: float(v) for f, v in (sizes or {}).items()})
+    if by_size is not None:
+        return Estimates(by_size, "filesize")
     return Estimates({f: 1.0 for f in unique}, "uniform")
 
 
@@ -192,6 +210,7 @@ def build_shards(files: Sequence[str], estimates: Estimates | Mapping[str, float
     usable = _usable(machines)
     total_slots = sum(m.slots for m in usable) or 1
     basis = {"history": "durations from history",
+             "collection": "no history: weights from the runner's tests per file",
              "filesize": "no history: weights from file sizes",
              "uniform": "no history: equal weights"}[source]
 
@@ -263,31 +282,82 @@ def _planned_chunks(items: Sequence[str], weights: Mapping[str, float],
     return groups
 
 
+@dataclass(frozen=True)
+class NativeChoice:
+    """How many native shards, and the simulated makespans that decided it (``{count: seconds}``)."""
+
+    count: int
+    why: str
+    simulated: dict[int, float] = field(default_factory=dict)
+
+
+def choose_native_count(machines: Sequence[MachineSlots], work: float | None, *,
+                        max_per_slot: int = NATIVE_MAX_PER_SLOT) -> NativeChoice:
+    """``shards: auto`` in native mode: the count whose simulated makespan is least.
+
+    ``work`` is the suite's seconds of test time on a speed-1.0 machine (from history), None when unknown.
+    Unknown: one shard per slot, each start-up paid once. Known: every count from 1 to
+    ``max_per_slot`` × slots is simulated as equal shards of ``work / n`` on a dynamic queue, each paying
+    its machine's start-up; more shards than slots win only when they beat one per slot by more than
+    ``NATIVE_MIN_GAIN`` (machines that differ in speed enough to pay for the extra start-ups), and fewer
+    shards than slots only when a slow machine's slot is not worth its start-up at all.
+    """
+    usable = _usable(machines)
+    slots = sum(m.slots for m in usable)
+    if not usable:
+        return NativeChoice(1, "1 shard: no machine with a free slot")
+    if work is None or not math.isfinite(work) or work <= 0:
+        return NativeChoice(slots, f"{slots} shards: one per slot ({slots} slots), no history of this "
+                                   "suite's test time yet, so each start-up is paid once")
+    simulated: dict[int, float] = {}
+    for n in range(1, max(1, max_per_slot * slots) + 1):
+        shards = [Shard(id=sid, index=i, total=n, expected=work / n)
+                  for i, sid in enumerate(shard_ids(n), start=1)]
+        simulated[n] = simulate(shards, usable, strategy="dynamic").makespan
+    per_slot = simulated[slots]
+    best = min(simulated, key=lambda n: (simulated[n], n))
+    if best > slots and simulated[best] > per_slot * (1 - NATIVE_MIN_GAIN):
+        best = min((n for n in simulated if n <= slots), key=lambda n: (simulated[n], n))
+    startup = sum(m.startup * m.slots for m in usable) / slots
+    base = (f"{work:.1f}s of test work at speed 1 from history, start-up ~{startup:.2f}s per shard; "
+            f"simulated makespan {simulated[best]:.1f}s")
+    if best == slots:
+        why = f"{best} shards: one per slot ({slots} slots) simulates best ({base})"
+    elif best > slots:
+        why = (f"{best} shards for {slots} slots: machines differ in speed enough to pay for "
+               f"{best - slots} extra start-ups ({base}, vs {per_slot:.1f}s with one per slot)")
+    else:
+        why = (f"{best} shards for {slots} slots: a slow slot is not worth its start-up "
+               f"({base}, vs {per_slot:.1f}s with one per slot)")
+    return NativeChoice(best, why, simulated)
+
+
 def native_shards(total: int | None, machines: Sequence[MachineSlots],
-                  strategy: Strategy = "dynamic") -> list[Shard]:
+                  strategy: Strategy = "dynamic", *, work: float | None = None) -> list[Shard]:
     """Shards for the suite's own sharding ({shard}/{total}): no files, expected unknown.
 
-    Auto count: Σ slots for static; 2 × Σ slots for dynamic, capped at 64 but never fewer than Σ slots.
+    Auto count: one per slot for the static strategy; :func:`choose_native_count` for dynamic.
     """
     if total is not None:
         if total < 1:
             raise ValueError(f"shard count must be at least 1, got {total}")
         n = total
+    elif strategy == "static":
+        n = max(1, sum(m.slots for m in _usable(machines)))
     else:
-        slots = sum(m.slots for m in _usable(machines))
-        n = slots if strategy == "static" else min(2 * slots, max(NATIVE_DYNAMIC_CAP, slots))
-        n = max(1, n)
+        n = choose_native_count(machines, work).count
     return [Shard(id=sid, index=i, total=n) for i, sid in enumerate(shard_ids(n), start=1)]
 
 
-def native_why(n: int, machines: Sequence[MachineSlots], strategy: Strategy, explicit: bool) -> str:
+def native_why(n: int, machines: Sequence[MachineSlots], strategy: Strategy, explicit: bool, *,
+               work: float | None = None) -> str:
     """The human reason for a native shard count (for ``fleetshard plan``)."""
     slots = sum(m.slots for m in _usable(machines))
     if explicit:
         return f"{n} shards as requested (native sharding)"
     if strategy == "static":
         return f"{n} shards: static strategy, one per slot ({slots} slots), native sharding"
-    return f"{n} shards: dynamic strategy, about 2 per slot ({slots} slots, at most {NATIVE_DYNAMIC_CAP})"
+    return choose_native_count(machines, work).why + ", native sharding"
 
 
 def order_for_queue(shards: Sequence[Shard]) -> list[Shard]:

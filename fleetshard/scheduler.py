@@ -172,6 +172,9 @@ _LOSER_KIND = "loser"
 
 # ------------------------------------------------------------------------------------------ internals
 
+PACE_CLAMP = 5.0          # an in-run speed correction stays within 1/5 … 5 × the planned speed
+OVERDUE_FACTOR = 0.5      # an overdue attempt is expected to run this fraction of its elapsed time again
+
 
 @dataclass
 class _Entry:
@@ -254,6 +257,8 @@ class Scheduler:
         self._stopping: str | None = None              # reason once fail-fast / CancelRun stops the run
         self._interrupted = False
         self._norm_durations: list[float] = []         # speed-1.0 seconds of finished attempts
+        self._pace: dict[str, list[float]] = {}        # per machine: expected / normalised actual (if known)
+        self._norm_on: dict[str, list[float]] = {}     # per machine: normalised seconds of its attempts
 
         self.done = False
         self.exit_code: int | None = None
@@ -357,7 +362,11 @@ class Scheduler:
         kind = sr.cancelling.pop(rec.attempt, None)
         if ev.outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
             started = rec.running_at if rec.running_at is not None else rec.assigned_at
-            self._norm_durations.append(max(0.0, ev.at - started) * machine.info.speed)
+            norm = max(0.0, ev.at - started) * machine.info.speed
+            self._norm_durations.append(norm)
+            self._norm_on.setdefault(rec.machine, []).append(norm)
+            if sr.shard.expected is not None and sr.shard.expected > 0 and norm > 0:
+                self._pace.setdefault(rec.machine, []).append(sr.shard.expected / norm)
         if ev.outcome.is_infra and kind is None and machine.state == MACHINE_ACTIVE:
             machine.infra_failures += 1                       # counts only while the machine was in service
             if 0 < self.policy.drain_after <= machine.infra_failures:
@@ -613,10 +622,33 @@ class Scheduler:
                 target.copied = True
                 self._launch(target, name, at, out, speculative=True)
 
+    def _effective_speed(self, name: str) -> float:
+        """The planned speed corrected by how this machine has paced in this run so far.
+
+        With expected durations: the median of expected / (actual × planned speed) of its finished attempts;
+        without: the fleet's median normalised attempt time over this machine's. So a first run, which plans
+        every machine at the same speed, still sees that one machine is three times slower than the rest.
+        """
+        info = self._machines[name].info
+        pace = self._pace.get(name)
+        if pace:
+            correction = statistics.median(pace)
+        elif self._norm_on.get(name) and self._norm_durations:
+            mine = statistics.median(self._norm_on[name])
+            correction = statistics.median(self._norm_durations) / mine if mine > 0 else 1.0
+        else:
+            return info.speed
+        return info.speed * min(max(correction, 1 / PACE_CLAMP), PACE_CLAMP)
+
     def _speculation_target(self, name: str, at: float) -> _ShardRun | None:
-        """The running shard expected to finish last, if a copy here would finish it sooner."""
+        """The running shard expected to finish last, if a copy here would finish it sooner.
+
+        Expected finish of a running attempt: its start + expected / the machine's effective speed; an
+        attempt already past that is expected to run at least half as long again as it has so far.
+        """
         median = statistics.median(self._norm_durations) if self._norm_durations else None
         here = self._machines[name].info
+        here_speed = self._effective_speed(name)
         best: tuple[float, _ShardRun, float] | None = None
         for sr in self._shards.values():
             if sr.state != ShardState.RUNNING or sr.copied:
@@ -628,13 +660,18 @@ class Scheduler:
             if expected is None:
                 continue
             there = self._machines[live[0].machine].info
+            there_speed = self._effective_speed(live[0].machine)
             if live[0].running_at is not None:
-                end = live[0].running_at + expected / there.speed
+                began = live[0].running_at
+                end = began + expected / there_speed
             else:
-                end = live[0].assigned_at + there.startup + expected / there.speed
+                began = live[0].assigned_at
+                end = began + there.startup + expected / there_speed
+            if at > end:
+                end = at + OVERDUE_FACTOR * (at - began)
             if best is None or end > best[0]:
                 best = (end, sr, expected)
         if best is None:
             return None
         end, sr, expected = best
-        return sr if at + here.startup + expected / here.speed < end else None
+        return sr if at + here.startup + expected / here_speed < end else None

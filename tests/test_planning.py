@@ -13,10 +13,12 @@ from fleetshard.planning import (
     Estimates,
     assign_static,
     build_shards,
+    choose_native_count,
     expected_durations,
     lower_bound,
     lpt_assign,
     native_shards,
+    native_why,
     order_for_queue,
     simulate,
 )
@@ -322,12 +324,50 @@ def test_build_shards_is_deterministic_and_handles_empty() -> None:
 
 def test_native_shard_counts() -> None:
     assert len(native_shards(None, MIXED, "static")) == 12
-    assert len(native_shards(None, MIXED, "dynamic")) == 24
-    assert len(native_shards(None, BIG, "dynamic")) == 64
+    assert len(native_shards(None, MIXED, "dynamic")) == 12          # no history: one per slot
+    assert len(native_shards(None, BIG, "dynamic")) == 36
     assert len(native_shards(None, [MachineSlots("huge", 100)], "dynamic")) == 100
     assert len(native_shards(None, [], "dynamic")) == 1
     shards = native_shards(5, MIXED, "dynamic")
     assert [(s.id, s.index, s.total, s.files, s.expected) for s in shards][-1] == ("s005", 5, 5, (), None)
+
+
+def test_native_auto_pays_each_startup_once_on_equal_machines() -> None:
+    # Playwright-like: 7.5 s of start-up per shard, three equal machines of one slot
+    machines = [MachineSlots(n, 1, 1.0, 7.5) for n in ("h1", "h2", "h3")]
+    choice = choose_native_count(machines, work=120.0)
+    assert choice.count == 3
+    assert choice.simulated[3] < choice.simulated[6]
+    assert "one per slot" in choice.why and "7.50s" in choice.why
+    assert len(native_shards(None, machines, "dynamic", work=120.0)) == 3
+    assert "native sharding" in native_why(3, machines, "dynamic", False, work=120.0)
+
+
+def test_native_auto_adds_shards_only_when_speeds_differ_enough() -> None:
+    slow = [MachineSlots("a", 1, 1.0, 1.0), MachineSlots("b", 1, 1.0, 1.0), MachineSlots("c", 1, 0.33, 1.0)]
+    choice = choose_native_count(slow, work=60.0)
+    assert choice.count > 3 and "extra start-ups" in choice.why
+    assert choice.simulated[choice.count] < 0.97 * choice.simulated[3]
+    # the same fleet with start-ups that dwarf the work: a slow slot is not worth its start-up
+    costly = [MachineSlots(m.name, 1, m.speed, 5.0) for m in slow]
+    fewer = choose_native_count(costly, work=20.0)
+    assert fewer.count == 2 and "not worth" in fewer.why
+
+
+def test_native_auto_without_history_is_one_per_slot() -> None:
+    choice = choose_native_count(MIXED, work=None)
+    assert choice.count == 12 and "no history" in choice.why and choice.simulated == {}
+
+
+def test_collection_counts_beat_file_sizes_on_a_first_run() -> None:
+    est = expected_durations(["a.py", "b.py", "c.py"], {}, sizes={"a.py": 1, "b.py": 1000, "c.py": 1},
+                             counts={"a.py": 30, "b.py": 3, "c.py": 3})
+    assert est.source == "collection" and not est.real
+    assert est.durations["a.py"] == pytest.approx(30 / 12) and est.durations["b.py"] == pytest.approx(3 / 12)
+    plan = build_shards(["a.py", "b.py", "c.py"], est, [MachineSlots("m", 2)])
+    assert "tests per file" in plan.why
+    # history still wins
+    assert expected_durations(["a.py"], {"a.py": 2.0}, counts={"a.py": 30}).source == "history"
 
 
 def test_order_for_queue_longest_first_stable() -> None:

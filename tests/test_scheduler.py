@@ -513,6 +513,34 @@ def test_speculation_only_when_queue_empty_and_counts_slots() -> None:
     assert len(d.on_machine("fast")) == 2
 
 
+def test_first_run_tail_speculation_sees_a_slow_machine_from_this_runs_durations() -> None:
+    # A first run: nothing declared, every machine planned at speed 1.0, no expected durations.
+    machines = [MachineSlots("h1", 1), MachineSlots("h4", 1)]
+    d = make(5, machines, RetryPolicy(speculate=True))
+    a, b = d.start()
+    assert (a.machine, b.machine) == ("h1", "h4")
+    (c,) = of(Launch, d.finish(a, at=1.0))               # h1 paces 1 s per shard
+    (e,) = of(Launch, d.finish(c, at=2.0))
+    assert [x.shard.id for x in (c, e)] == ["s003", "s004"]
+    (f,) = of(Launch, d.finish(b, at=3.0))               # h4 took 3 s for the same kind of shard
+    assert (f.shard.id, f.machine) == ("s005", "h4")
+    out = d.finish(e, at=3.0)                            # h1 idle, queue empty: s005 on h4 would end ~6 s
+    assert [(x.shard.id, x.machine, x.speculative) for x in of(Launch, out)] == [("s005", "h1", True)]
+
+
+def test_first_run_no_copy_of_a_test_on_a_machine_that_paces_like_the_rest() -> None:
+    machines = [MachineSlots("h1", 1), MachineSlots("h2", 1)]
+    d = make(4, machines, RetryPolicy(speculate=True))
+    a, b = d.start()
+    (c,) = of(Launch, d.finish(a, at=1.0))
+    (e,) = of(Launch, d.finish(b, at=1.1))
+    assert of(Launch, d.finish(c, at=2.0)) == []         # s004 on h2 started at 1.1: on pace, no copy
+    assert of(Launch, d.on(Tick(2.5))) == []
+    # ... but one running far past what the fleet has paced (over twice as long) gets a copy.
+    out = d.on(Tick(5.5))
+    assert [(x.shard.id, x.machine, x.speculative) for x in of(Launch, out)] == [(e.shard.id, "h1", True)]
+
+
 # ---------------------------------------------------------------------------------------------- chaos
 
 @dataclass(order=True)
