@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from .errors import HistoryError, UsageError
 from .record import AttemptRecord, MachineRecord, RunRecord, ShardRecord, TestRecord
 from .results import dumps
+from .speeds import Sample
 
 MIGRATIONS: tuple[str, ...] = (
     # v1
@@ -409,14 +410,47 @@ class History:
             samples[file].append(float(duration) * float(speed))
         return {f: round(_median(v), 4) for f, v in sorted(samples.items())}
 
-    def machine_startup(self, limit_runs: int = 20) -> dict[str, float]:
-        """Fixed per-shard cost per machine: median of (attempt duration - its testcase times), >= 0."""
+    def speed_samples(self, limit_runs: int = 20) -> list[Sample]:
+        """Every file timing of the last ``limit_runs`` runs, for :func:`fleetshard.speeds.estimate_speeds`."""
         with self._errors():
             rows = self.conn.execute(
-                "SELECT a.machine, a.ended - a.started - a.test_time FROM attempts a "
-                "JOIN (SELECT id FROM runs ORDER BY started DESC LIMIT ?) r ON r.id = a.run_id "
-                "WHERE a.test_time IS NOT NULL AND a.outcome IN ('passed', 'tests-failed')",
+                "SELECT fd.run_id, fd.file, fd.machine, fd.duration FROM file_durations fd "
+                "JOIN (SELECT id FROM runs ORDER BY started DESC LIMIT ?) r ON r.id = fd.run_id",
                 (max(1, limit_runs),)).fetchall()
+        return [Sample(str(run_id), str(file), str(machine), float(duration))
+                for run_id, file, machine, duration in rows if duration is not None]
+
+    def native_work(self, command: str) -> float | None:
+        """Seconds of test work at speed 1.0 in the latest native-mode run of ``command``: each deciding
+        attempt's testcase time (else its duration) times its machine's speed in that run. None: no such run."""
+        with self._errors():
+            row = self.conn.execute("SELECT id FROM runs WHERE mode = 'native' AND command = ? "
+                                    "ORDER BY started DESC LIMIT 1", (command,)).fetchone()
+            if row is None:
+                return None
+            rows = self.conn.execute(
+                "SELECT COALESCE(a.test_time, a.ended - a.started), COALESCE(m.speed, 1.0) FROM attempts a "
+                "LEFT JOIN machines_in_run m ON m.run_id = a.run_id AND m.name = a.machine "
+                "WHERE a.run_id = ? AND a.speculative = 0 AND a.outcome IN ('passed', 'tests-failed')",
+                (row[0],)).fetchall()
+        work = sum(max(0.0, float(t or 0.0)) * (float(sp) if sp and sp > 0 else 1.0) for t, sp in rows)
+        return work if work > 0 else None
+
+    def machine_startup(self, limit_runs: int = 20, command: str | None = None) -> dict[str, float]:
+        """Fixed per-shard cost per machine: median of (attempt duration - its testcase times), >= 0.
+
+        With ``command``, only runs of that suite command count (start-up is a property of the runner:
+        a browser suite's is not a unit suite's), unless there are none yet."""
+        query = ("SELECT a.machine, a.ended - a.started - a.test_time FROM attempts a "
+                 "JOIN (SELECT id FROM runs {where} ORDER BY started DESC LIMIT ?) r ON r.id = a.run_id "
+                 "WHERE a.test_time IS NOT NULL AND a.outcome IN ('passed', 'tests-failed')")
+        with self._errors():
+            rows = []
+            if command is not None:
+                rows = self.conn.execute(query.format(where="WHERE command = ?"),
+                                         (command, max(1, limit_runs))).fetchall()
+            if not rows:
+                rows = self.conn.execute(query.format(where=""), (max(1, limit_runs),)).fetchall()
         samples: dict[str, list[float]] = defaultdict(list)
         for machine, overhead in rows:
             samples[machine].append(max(0.0, float(overhead or 0.0)))

@@ -10,7 +10,8 @@ Evidence, strongest first:
   machine's learned speed is the median of its comparisons. Comparisons from a single run are confounded
   (the same contention, the same order, a retry under load), so together they count as one comparison
   of noise ``CONFOUNDED_NOISE`` however many files they cover; only comparisons spread over several runs
-  give a machine its full weight (at most ``RUN_WEIGHT`` comparisons per run beyond the first). Their spread (MAD) sets the noise, never below ``COMPARISON_NOISE``.
+  give a machine its full weight (at most ``RUN_WEIGHT`` comparisons per run beyond the first). Their
+  spread (MAD) sets the noise, never below ``COMPARISON_NOISE``.
 * **declared** in the inventory (``speed:``): the user's knowledge, fairly certain.
 * **calibration**: the probe's CPU loop, a rough first guess.
 * nothing: 1.0 and very uncertain.
@@ -116,13 +117,13 @@ def learn(samples: Iterable[Sample]) -> dict[str, _Learned]:
     raw: dict[str, _Learned] = {}
     for m, items in comparisons.items():
         values = [v for v, _ in items]
-        runs = set().union(*(r for _, r in items))
-        if len(runs) > 1:   # more files cannot stand in for more runs: at most RUN_WEIGHT per extra run
-            effective = min(float(len(values)), RUN_WEIGHT * (len(runs) - 1))
+        seen: set[str] = set().union(*(r for _, r in items))
+        if len(seen) > 1:   # more files cannot stand in for more runs: at most RUN_WEIGHT per extra run
+            effective = min(float(len(values)), RUN_WEIGHT * (len(seen) - 1))
             se = max(_mad_sigma(values), COMPARISON_NOISE) / math.sqrt(effective)
         else:   # comparisons that all come from one run share its conditions: they weigh as one
             se = max(_mad_sigma(values), CONFOUNDED_NOISE)
-        raw[m] = _Learned(statistics.median(values), se, len(values), len(runs))
+        raw[m] = _Learned(statistics.median(values), se, len(values), len(seen))
     if not raw:
         return {}
     middle = statistics.median_high(v.log_speed for v in raw.values())
@@ -135,20 +136,21 @@ def estimate_speeds(names: Sequence[str], samples: Iterable[Sample] = (), *,
     """Every machine's speed with its certainty, from history, the inventory and the calibration."""
     learned = learn(samples)
     priors: dict[str, tuple[float, float, SpeedSource]] = {}
-    for table, se, source in ((calibrated or {}, CALIBRATION_SE, "calibration"),
-                              (declared or {}, DECLARED_SE, "declared")):
+    sources: tuple[tuple[Mapping[str, float], float, SpeedSource], ...] = (
+        (calibrated or {}, CALIBRATION_SE, "calibration"), (declared or {}, DECLARED_SE, "declared"))
+    for table, prior_se, kind in sources:
         for name, value in table.items():
             if value and value > 0 and math.isfinite(value):
-                priors[name] = (math.log(value), se, source)   # declared overrides calibration
+                priors[name] = (math.log(value), prior_se, kind)   # declared overrides calibration
     # Priors are on their own scale: bring them to the learned one through machines that have both.
     both = [n for n in names if n in learned and n in priors]
     shift = statistics.median(learned[n].log_speed - priors[n][0] for n in both) if both else 0.0
     out: dict[str, SpeedEstimate] = {}
     for name in names:
+        p_source: SpeedSource = "default"
+        p_log, p_se = (shift if both else 0.0), DEFAULT_SE
         if name in priors:
             p_log, p_se, p_source = priors[name][0] + shift, priors[name][1], priors[name][2]
-        else:
-            p_log, p_se, p_source = (shift if both else 0.0), DEFAULT_SE, "default"
         got = learned.get(name)
         if got is None:
             out[name] = SpeedEstimate(round(math.exp(p_log), 4), p_se, p_source)
@@ -156,6 +158,6 @@ def estimate_speeds(names: Sequence[str], samples: Iterable[Sample] = (), *,
         w_l, w_p = 1 / got.se ** 2, 1 / p_se ** 2
         log_speed = (w_l * got.log_speed + w_p * p_log) / (w_l + w_p)
         se = 1 / math.sqrt(w_l + w_p)
-        source: SpeedSource = "history" if w_l >= w_p else p_source
-        out[name] = SpeedEstimate(round(math.exp(log_speed), 4), se, source, got.comparisons, got.runs)
+        out[name] = SpeedEstimate(round(math.exp(log_speed), 4), se, "history" if w_l >= w_p else p_source,
+                                  got.comparisons, got.runs)
     return out

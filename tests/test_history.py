@@ -152,6 +152,26 @@ def test_learns_speeds_durations_and_startup(db: Path) -> None:
         assert startup == pytest.approx({"a": 1.0, "b": 3.0, "c": 0.5})
 
 
+def test_speed_samples_native_work_and_startup_per_command(db: Path) -> None:
+    with History(db) as history:
+        assert history.speed_samples() == [] and history.native_work("npx playwright test") is None
+        history.record_run(make_run("r1", T0, [("s001", "a", {"t/test_1.py": 10.0}, 1.0),
+                                               ("s002", "b", {"t/test_2.py": 40.0}, 3.0)], speeds={"b": 0.5}))
+        native = make_run("r2", T0 + 100, [("s001", "a", {"t/a.spec.ts": 6.0}, 7.0),
+                                           ("s002", "b", {"t/b.spec.ts": 8.0}, 9.0)], speeds={"b": 0.5})
+        native.mode, native.command = "native", "npx playwright test --shard={shard}/{total}"
+        history.record_run(native)
+        samples = history.speed_samples()
+        assert {(s.run_id, s.file, s.machine, s.duration) for s in samples} >= {
+            ("r1", "t/test_1.py", "a", 10.0), ("r2", "t/b.spec.ts", "b", 8.0)}
+        # 6 s on a at speed 1 + 8 s on b at speed 0.5
+        assert history.native_work(native.command) == pytest.approx(10.0)
+        assert history.native_work("something else") is None
+        assert history.machine_startup(command=native.command) == pytest.approx({"a": 7.0, "b": 9.0})
+        assert history.machine_startup(command="pytest {files}") == pytest.approx({"a": 1.0, "b": 3.0})
+        assert history.machine_startup(command="never run") == pytest.approx({"a": 4.0, "b": 6.0})
+
+
 def test_durations_without_junit_split_the_attempt(db: Path) -> None:
     run = make_run("r1", T0, [("s001", "a", {"t/test_1.py": 3.0, "t/test_2.py": 3.0}, 2.0)],
                    speeds={"a": 2.0}, with_tests=False)

@@ -88,7 +88,7 @@ def test_more_files_do_not_stand_in_for_more_runs() -> None:
 
 def test_declared_and_calibrated_speeds_are_brought_to_the_learned_scale() -> None:
     # learned speeds are relative to the median machine; declared ones to whatever the user meant
-    est = estimate_speeds(NAMES + ["new"], honest_runs(4), declared={"h1": 10.0, "new": 5.0})
+    est = estimate_speeds([*NAMES, "new"], honest_runs(4), declared={"h1": 10.0, "new": 5.0})
     assert est["new"].speed == pytest.approx(0.5, rel=0.2) and est["new"].source == "declared"
 
 
