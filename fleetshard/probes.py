@@ -13,6 +13,8 @@ from .errors import ConnectError
 from .inventory import HealthThresholds, Machine
 from .transport import Transport
 
+CONNECT_SLACK = 1.0     # seconds past a phase's own bound before the probe stops waiting for it
+
 # POSIX sh; Linux first, macOS/BSD fallbacks. Prints key=value lines. The directory to measure comes
 # in as $FLEETSHARD_PROBE_DIR (a leading ~ means the remote home), falling back to $HOME.
 PROBE_SCRIPT = r"""
@@ -148,27 +150,37 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
     """Connect, run the probe script and time three no-op round trips; never raises."""
     base: dict[str, Any] = dict(machine=machine.name, transport=machine.transport,
                                 address=_address(machine), tags=machine.tags)
-    deadline = max(thresholds.timeout, 0.5)
+    budget = max(thresholds.timeout, 0.5)
     started = time.perf_counter()
+    # Each phase has its own bound: the connect timeout bounds the handshake (the transport retries
+    # within it), the probe's budget starts once connected, so a handshake slowed by load does not eat
+    # the time of the probe itself.
+    connect_limit = machine.connect_timeout + CONNECT_SLACK
+    phase = "connect"
     try:
-        connect_s = await asyncio.wait_for(transport.connect(), deadline)
-        remaining = max(0.5, deadline - (time.perf_counter() - started))
+        connect_s = await asyncio.wait_for(transport.connect(), connect_limit)
+        phase = "probe"
+        probe_started = time.perf_counter()
         env = {"FLEETSHARD_PROBE_DIR": machine.workdir or "~", "FLEETSHARD_MACHINE": machine.name}
         if thresholds.check:
             env["FLEETSHARD_HEALTH_CHECK"] = thresholds.check
         if calibrate:
             env["FLEETSHARD_CALIBRATE"] = "1"
-        result, out = await transport.run(PROBE_SCRIPT, env=env, timeout=remaining)
+        result, out = await asyncio.wait_for(transport.run(PROBE_SCRIPT, env=env, timeout=budget),
+                                             budget + CONNECT_SLACK)
         if result.exit_status != 0:
             why = result.error or f"probe exited with {result.exit_status or result.signal}"
             return HealthReport(**base, reachable=result.error is None, healthy=False, reasons=(why,),
                                 connect_s=connect_s)
+        remaining = max(0.5, budget - (time.perf_counter() - probe_started))
         rtts = [await asyncio.wait_for(transport.rtt(), remaining) for _ in range(3)]
     except ConnectError as exc:
         return HealthReport(**base, reachable=False, healthy=False, reasons=(str(exc),))
     except TimeoutError:
+        limit = connect_limit - CONNECT_SLACK if phase == "connect" else budget
+        what = "no answer" if phase == "connect" else "the probe did not finish"
         return HealthReport(**base, reachable=False, healthy=False,
-                            reasons=(f"{machine.name}: no answer within {deadline:g} s",))
+                            reasons=(f"{machine.name}: {what} within {limit:g} s ({phase} phase)",))
     except Exception as exc:  # a failing machine is data, whatever the failure
         return HealthReport(**base, reachable=False, healthy=False,
                             reasons=(f"{machine.name}: probe failed: {type(exc).__name__}: {exc}",))

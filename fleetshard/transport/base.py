@@ -11,19 +11,40 @@ holds the output open.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import re
+import secrets
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 PGID_MARKER = "__fleetshard_pgid__"
 EXIT_MARKER = "__fleetshard_exit__"
 NODIR_MARKER = "__fleetshard_nodir__"
 LINGER = 1.0            # seconds a finished shard's leftover children may keep its output open
+LINE_LIMIT = 4096       # characters of one line kept for the terminal, the tail and JUnit excerpts
+CHUNK = 1 << 18         # bytes read from a channel at a time
+PREAMBLE_LIMIT = 1 << 16  # bytes looked through for the process-group line before giving up on it
+SIGNAL_WAIT = 10.0      # seconds a kill waits for the process-group line it needs
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 LineHandler = Callable[[str], None]
+
+
+@runtime_checkable
+class OutputSink(Protocol):
+    """Where a shard's output goes: its text in order, in pieces of any size (not split at lines)."""
+
+    def write(self, text: str) -> None: ...
+
+
+OutputTarget = LineHandler | OutputSink
+
+
+def new_token() -> str:
+    """A per-attempt random token: marker lines carry it, so no output of a test can pass for one."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -33,48 +54,195 @@ class ProcessResult:
     exit_status: int | None
     signal: str | None = None
     error: str | None = None          # e.g. "connection lost: ..." when the channel died
+    warning: str | None = field(default=None, compare=False)   # e.g. the output could not be kept
+
+
+def cut_line(line: str, limit: int = LINE_LIMIT, dropped: int = 0) -> str:
+    """A line as the terminal, the tail and JUnit excerpts show it: at most ``limit`` characters."""
+    extra = max(0, len(line) - limit) + dropped
+    if not extra:
+        return line
+    return line[:limit] + f" … [{extra} more characters]"
+
+
+class Lines:
+    """Turns a text stream into lines for ``on_line``, each cut at ``limit`` characters; memory is
+    bounded by the limit whatever the length of a line."""
+
+    def __init__(self, on_line: LineHandler, limit: int = LINE_LIMIT) -> None:
+        self.on_line = on_line
+        self.limit = limit
+        self._partial = ""
+        self._dropped = 0
+
+    def write(self, text: str) -> None:
+        if "\n" not in text:
+            self._add(text)
+            return
+        first, *middle, last = text.split("\n")
+        self._add(first)
+        self._emit()
+        for line in middle:
+            self.on_line(cut_line(line[:-1] if line.endswith("\r") else line, self.limit))
+        self._add(last)
+
+    def _add(self, text: str) -> None:
+        room = self.limit - len(self._partial)
+        if room >= len(text):
+            self._partial += text
+        else:
+            self._partial += text[:max(room, 0)]
+            self._dropped += len(text) - max(room, 0)
+
+    def _emit(self) -> None:
+        partial = self._partial[:-1] if self._partial.endswith("\r") else self._partial
+        line = cut_line(partial, self.limit, self._dropped)
+        self._partial, self._dropped = "", 0
+        self.on_line(line)
+
+    def flush(self) -> None:
+        """The stream ended: a last line without a newline is a line too."""
+        if self._partial or self._dropped:
+            self._emit()
+
+
+def as_sink(target: OutputTarget) -> OutputSink:
+    if isinstance(target, OutputSink):
+        return target
+    return Lines(target)
+
+
+_PGID_LINE = re.compile(rb"(?:^|\n)(__fleetshard_(pgid|nodir)__ ([0-9a-f]+)(?: ([0-9]+))?)\n")
 
 
 class OutputParser:
-    """Reads a shard's output lines: takes the wrapper's marker lines out, passes the rest on."""
+    """Reads a shard's raw output: takes the wrapper's marker lines out, passes the rest on.
 
-    def __init__(self, on_line: LineHandler) -> None:
-        self.on_line = on_line
+    A marker counts only as a whole line in the wrapper's format with this attempt's token, so
+    nothing a test prints can pass for one. The wrapper prints the exit marker after a newline of
+    its own: that newline is taken out with the marker, so output without a final newline is kept
+    exactly. The sink is called from the channel reader: if it fails (a full disk, a closed terminal),
+    the failure is kept as a warning and the output dropped; the reading goes on.
+    """
+
+    def __init__(self, target: OutputTarget, token: str) -> None:
+        self.sink = as_sink(target)
+        self.token = token
         self.pgid: int | None = None
         self.exit_status: int | None = None
         self.nodir = False
         self.pgid_seen = asyncio.Event()
         self.exited = asyncio.Event()
+        self.sink_error: str | None = None
+        self._exit_prefix = f"\n{EXIT_MARKER} {token} ".encode()
+        self._held = b""
+        self._preamble = True
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    # -- delivery ---------------------------------------------------------------------------------
+    def _deliver(self, data: bytes, final: bool = False) -> None:
+        if self.sink_error is not None:
+            return
+        text = self._decoder.decode(data, final)
+        if not text:
+            return
+        try:
+            self.sink.write(text)
+        except Exception as exc:  # the sink's failure must never stop the reading
+            self.sink_error = f"output not kept after {type(exc).__name__}: {exc}"
+
+    # -- parsing ----------------------------------------------------------------------------------
+    def feed_bytes(self, chunk: bytes) -> None:
+        data = self._held + chunk
+        self._held = b""
+        if self._preamble:
+            data = self._scan_preamble(data)
+            if self._preamble:
+                return
+        if self.exited.is_set():
+            self._deliver(data)
+            return
+        prefix = self._exit_prefix
+        start = 0
+        while True:
+            i = data.find(prefix, start)
+            if i < 0:
+                break
+            j = data.find(b"\n", i + len(prefix))
+            if j < 0:
+                if len(data) - i - len(prefix) <= 4:    # the rest of a marker line may follow
+                    self._deliver(data[:i])
+                    self._held = data[i:]
+                    return
+                start = i + 1
+                continue
+            status = data[i + len(prefix):j]
+            if status.isdigit() and len(status) <= 3:
+                self._deliver(data[:i])
+                self.exit_status = int(status)
+                self.exited.set()
+                self._deliver(data[j + 1:])
+                return
+            start = i + 1
+        # Hold back what may be the start of a marker line split between two reads.
+        k = data.rfind(b"\n")
+        if k >= 0 and len(data) - k <= len(prefix) + 4:
+            tail = data[k:]
+            if prefix.startswith(tail) or tail.startswith(prefix):
+                self._deliver(data[:k])
+                self._held = tail
+                return
+        self._deliver(data)
+
+    def _scan_preamble(self, data: bytes) -> bytes:
+        """Before the command starts: the process-group line (or the missing-workdir line)."""
+        for m in _PGID_LINE.finditer(data):
+            if m.group(3).decode() != self.token:
+                continue
+            if m.group(2) == b"pgid" and m.group(4) is not None:
+                self.pgid = int(m.group(4))
+            elif m.group(2) == b"nodir" and m.group(4) is None:
+                self.nodir = True
+            else:
+                continue
+            self._preamble = False
+            self.pgid_seen.set()
+            self._deliver(data[:m.start(1)])
+            return data[m.end():]
+        if len(data) > PREAMBLE_LIMIT:             # something else printed first; the group stays unknown
+            self._preamble = False
+            self.pgid_seen.set()
+            return data
+        self._held = data
+        return b""
 
     def feed(self, line: str) -> None:
-        if self.pgid is None and not self.pgid_seen.is_set():
-            self.pgid_seen.set()
-            if line.startswith(PGID_MARKER):
-                try:
-                    self.pgid = int(line.split()[1])
-                except (IndexError, ValueError):
-                    pass
-                return
-        if line == NODIR_MARKER:
-            self.nodir = True
-            return
-        before, marker, after = line.rpartition(EXIT_MARKER + " ")
-        if marker and after.strip().isdigit():
-            if before:
-                self.on_line(before)              # the command's last output had no newline
-            self.exit_status = int(after)
-            self.exited.set()
-            return
-        self.on_line(line)
+        """One line of output (tests and simple callers)."""
+        self.feed_bytes(line.encode() + b"\n")
 
     def result(self, fallback: ProcessResult) -> ProcessResult:
+        warning = self.sink_error
         if self.nodir:
-            return ProcessResult(None, None, "workdir is missing")
+            return ProcessResult(None, None, "workdir is missing", warning)
         if self.exit_status is not None:
-            return ProcessResult(self.exit_status)
+            return ProcessResult(self.exit_status, warning=warning)
+        if warning and fallback.warning is None:
+            return ProcessResult(fallback.exit_status, fallback.signal, fallback.error, warning)
         return fallback
 
     def close(self) -> None:
+        """The output ended: deliver what was held back, end the last line."""
+        if self._held:
+            held, self._held = self._held, b""
+            self._preamble = False
+            self._deliver(held)
+        self._deliver(b"", final=True)
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None and self.sink_error is None:
+            try:
+                flush()
+            except Exception as exc:
+                self.sink_error = f"output not kept after {type(exc).__name__}: {exc}"
         self.pgid_seen.set()
 
 
@@ -109,28 +277,49 @@ def _cd(workdir: str) -> str:
 
 
 def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                  report_pgid: bool = True) -> str:
+                  token: str | None = None, watch: bool = False) -> str:
     """The sh script that runs ``command`` (a shell line) in ``cwd`` with ``env``.
 
     ``command`` is a shell line on purpose (the suite's command template, whose placeholders were
     filled with quoted values); it is passed to ``eval`` as one quoted argument, never spliced.
+
+    With a ``token`` (a shard), the script reports its process group first and the command's exit
+    status last, on marker lines that carry the token. With ``watch``, a watcher reads the session's
+    stdin, which the coordinator holds open and never writes: when it closes (the coordinator is
+    gone, or closed the channel), the watcher TERMs the script's process group, then KILLs it; the
+    command itself gets /dev/null as its stdin.
     """
-    parts: list[str] = []
+    parts: list[str] = ["exec 2>&1"]          # one stream, in the order things were written
     if cwd:
-        fail = f"{{ echo {NODIR_MARKER}; exit 97; }}" if report_pgid else "exit 97"
-        parts.append(f"{_cd(cwd)} || {fail}")
+        fail = f"{{ echo {NODIR_MARKER} {token}; exit 97; }}" if token else "exit 97"
+        parts.append(f"{_cd(cwd)} 2>/dev/null || {fail}")
     for key, value in (env or {}).items():
         if not _ENV_NAME.fullmatch(key):
             raise ValueError(f"invalid environment variable name: {key!r}")
         parts.append(f"export {key}={shlex.quote(value)}")
-    if report_pgid:
-        # The exit status is reported by an EXIT trap, so it comes even when the command calls `exit`.
-        parts.append(f"echo {PGID_MARKER} $$; trap 'echo {EXIT_MARKER} $?' EXIT")
+    if token is not None and not re.fullmatch(r"[0-9a-f]+", token):
+        raise ValueError(f"invalid token: {token!r}")
+    if token:
+        parts.append(f"echo {PGID_MARKER} {token} $$")
+    if watch:
+        # A background list's stdin is /dev/null unless redirected: the session's stdin goes through fd 3.
+        parts.append("exec 3<&0 </dev/null")
+        parts.append("( trap '' TERM INT HUP; while read -r _; do :; done; "
+                     "kill -TERM -$$; kill -CONT -$$; sleep 2; kill -KILL -$$ ) <&3 >/dev/null 2>&1 &"
+                     " fleetshard_w=$!; exec 3<&-")
+    # The script ends normally: its watcher goes with it (leftover children are the coordinator's job).
+    unwatch = "kill -KILL $fleetshard_w 2>/dev/null; " if watch else ""
+    if token:
+        # An EXIT trap reports the status even when the command calls `exit`; the newline before the
+        # marker puts it on a line of its own when the command's output did not end with one.
+        parts.append(f"trap 'fleetshard_s=$?; {unwatch}"
+                     f"printf \"\\n{EXIT_MARKER} {token} %d\\n\" $fleetshard_s' EXIT")
+    elif watch:
+        parts.append(f"trap 'fleetshard_s=$?; {unwatch}exit $fleetshard_s' EXIT")
     # eval, not `exec /bin/sh -c`: one shell fewer per shard (a fifth of the remote cost of a trivial
     # shard, bench/dispatch.py); the command still runs in the reported process group.
     parts.append("eval " + shlex.quote(command))
     return "; ".join(parts)
-
 
 
 def kill_script(pgids: Sequence[int], signal: str, *, markers: Sequence[str] = ()) -> str:
@@ -149,7 +338,7 @@ def kill_script(pgids: Sequence[int], signal: str, *, markers: Sequence[str] = (
                     f"kill -CONT -{pgid} 2>/dev/null")
     for marker in markers:
         cmds.append(
-            f"for f in $(grep -lsa -e {shlex.quote(marker)} /proc/[0-9]*/environ 2>/dev/null); do "
+            f"for f in $(grep -lsaF -e {shlex.quote(marker)} /proc/[0-9]*/environ 2>/dev/null); do "
             f"p=${{f#/proc/}}; p=${{p%/environ}}; [ \"$p\" = $$ ] || kill -{signal} \"$p\" 2>/dev/null; "
             f"kill -CONT \"$p\" 2>/dev/null; done")
     return "; ".join(cmds) + "; true"

@@ -11,7 +11,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..inventory import Machine
-from .base import LineHandler, OutputParser, ProcessResult, kill_script, settle, shell_wrapper
+from .base import (
+    CHUNK,
+    SIGNAL_WAIT,
+    OutputParser,
+    OutputTarget,
+    ProcessResult,
+    kill_script,
+    new_token,
+    settle,
+    shell_wrapper,
+)
 
 
 def _expand(path: str) -> str:
@@ -19,33 +29,43 @@ def _expand(path: str) -> str:
 
 
 class LocalProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, on_line: LineHandler) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, on_line: OutputTarget, token: str) -> None:
         self._proc = proc
         self.pgid: int | None = proc.pid          # start_new_session: pid == pgid == sid
-        self._parser = OutputParser(on_line)
+        self._parser = OutputParser(on_line, token)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         assert self._proc.stdout is not None
-        pending = b""
-        while True:                               # by chunks: a line may be longer than any buffer limit
-            data = await self._proc.stdout.read(65536)
-            if not data:
-                break
-            *lines, pending = (pending + data).split(b"\n")
-            for raw in lines:
-                self._parser.feed(raw.decode("utf-8", "replace").rstrip("\r"))
-        if pending:
-            self._parser.feed(pending.decode("utf-8", "replace").rstrip("\r"))
+        try:
+            while True:                           # by chunks: a line may be longer than any buffer limit
+                data = await self._proc.stdout.read(CHUNK)
+                if not data:
+                    break
+                self._parser.feed_bytes(data)
+        finally:
+            self._parser.close()
 
     async def wait(self) -> ProcessResult:
-        await settle(self._reader, self._parser, lambda: self.signal_group("TERM"))
-        status = await self._proc.wait()
+        try:
+            await settle(self._reader, self._parser, lambda: self.signal_group("TERM"))
+            try:
+                status = await asyncio.wait_for(self._proc.wait(), SIGNAL_WAIT)
+            except TimeoutError:                  # the shell itself does not end: KILL its group
+                await self.signal_group("KILL")
+                status = await self._proc.wait()
+        finally:
+            self._close_stdin()
         if status < 0:
             fallback = ProcessResult(None, signal_mod.Signals(-status).name.removeprefix("SIG"))
         else:
             fallback = ProcessResult(status)
         return self._parser.result(fallback)
+
+    def _close_stdin(self) -> None:
+        """The session's end, as the wrapper's watcher sees it: it kills what is left of the group."""
+        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
 
     async def signal_group(self, signal: str) -> None:
         if self.pgid is None:
@@ -69,22 +89,23 @@ class LocalTransport:
         return 0.0
 
     async def _spawn(self, command: str, cwd: str | None, env: Mapping[str, str] | None,
-                     report_pgid: bool, stdin: bool = False) -> asyncio.subprocess.Process:
-        script = shell_wrapper(command, cwd=_expand(cwd) if cwd else None, env=env, report_pgid=report_pgid)
+                     token: str | None, stdin: bool = False, watch: bool = False) -> asyncio.subprocess.Process:
+        script = shell_wrapper(command, cwd=_expand(cwd) if cwd else None, env=env, token=token, watch=watch)
         return await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", script,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdin or watch else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True)
 
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: LineHandler) -> LocalProcess:
-        proc = await self._spawn(command, cwd, env, report_pgid=True)
-        return LocalProcess(proc, on_line)
+                    on_line: OutputTarget) -> LocalProcess:
+        token = new_token()
+        proc = await self._spawn(command, cwd, env, token=token, watch=True)
+        return LocalProcess(proc, on_line, token)
 
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
                   stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
-        proc = await self._spawn(command, cwd, env, report_pgid=False, stdin=stdin is not None)
+        proc = await self._spawn(command, cwd, env, token=None, stdin=stdin is not None)
         try:
             out, _ = await asyncio.wait_for(
                 proc.communicate(stdin.encode() if stdin is not None else None), timeout)

@@ -17,17 +17,32 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
 from ..errors import AuthError, ConnectError, HostKeyError
 from ..inventory import JumpHost, Machine
-from .base import LineHandler, OutputParser, ProcessResult, kill_script, settle, shell_wrapper
+from .base import (
+    CHUNK,
+    SIGNAL_WAIT,
+    OutputParser,
+    OutputTarget,
+    ProcessResult,
+    kill_script,
+    new_token,
+    settle,
+    shell_wrapper,
+)
+
+_T = TypeVar("_T")
 
 CHANNELS_PER_CONNECTION = 8
+CONNECT_BACKOFF = 0.25      # first wait before connecting again; doubles up to CONNECT_BACKOFF_MAX
+CONNECT_BACKOFF_MAX = 2.0
+CHANNEL_TRIES = 6           # channel requests refused in a row before a command gives up
 KEEPALIVE_COUNT_MAX = 3
 # AES-GCM first: with AES-NI it costs the client about a third less CPU per packet than asyncssh's
 # default chacha20-poly1305 (bench/dispatch.py); every other algorithm stays acceptable.
@@ -90,11 +105,12 @@ def _record_host_key(known_hosts: Path, host: str, port: int, key: asyncssh.SSHK
 
 
 class SshProcess:
-    def __init__(self, proc: Any, on_line: LineHandler, connection: _Connection) -> None:
+    def __init__(self, proc: Any, on_line: OutputTarget, connection: _Connection, token: str) -> None:
         self._proc = proc
         self._conn = connection
         self._error: str | None = None
-        self._parser = OutputParser(on_line)
+        self._released = False
+        self._parser = OutputParser(on_line, token)
         self._reader = asyncio.create_task(self._read())
 
     @property
@@ -102,10 +118,13 @@ class SshProcess:
         return self._parser.pgid
 
     async def _read(self) -> None:
+        """Read the channel to its end, whatever the sinks do (OutputParser keeps their failures)."""
         try:
-            async for line in self._proc.stdout:
-                if line:                          # "" is the end of a closed stream, not an empty line
-                    self._parser.feed(line.rstrip("\r\n"))
+            while True:
+                data = await self._proc.stdout.read(CHUNK)
+                if not data:
+                    break
+                self._parser.feed_bytes(data)
         except (asyncssh.Error, OSError) as exc:
             self._error = f"connection lost: {_reason(exc)}"
         finally:
@@ -114,11 +133,14 @@ class SshProcess:
     async def wait(self) -> ProcessResult:
         try:
             await settle(self._reader, self._parser, self._leftovers)
-            await self._proc.wait_closed()
+            # The output has ended; the exit status follows at once unless the link is gone.
+            await asyncio.wait_for(self._proc.wait_closed(), self._conn.owner.machine.connect_timeout + SIGNAL_WAIT)
+        except TimeoutError:
+            self._error = self._error or "connection lost: no exit status from the machine"
         except (asyncssh.Error, OSError) as exc:
             self._error = self._error or f"connection lost: {_reason(exc)}"
         finally:
-            self._conn.release()
+            self._end()
         status = self._proc.exit_status
         sig = self._proc.exit_signal
         if sig:
@@ -129,15 +151,36 @@ class SshProcess:
             fallback = ProcessResult(status)
         return self._parser.result(fallback)
 
+    def _end(self) -> None:
+        """Close the channel (the wrapper's watcher then ends what is left) and free its slot."""
+        if not self._reader.done():
+            self._reader.cancel()
+        try:
+            if not self._proc.is_closing():
+                self._proc.close()
+        except Exception:  # pragma: no cover - a channel of a dead connection
+            pass
+        if not self._released:
+            self._released = True
+            self._conn.release()
+
     async def _leftovers(self) -> None:
         """The command is over but something it started still holds the output: stop it, close up."""
         await self.signal_group("TERM")
         self._proc.close()
 
     async def signal_group(self, signal: str) -> None:
-        await self._parser.pgid_seen.wait()
+        try:
+            await asyncio.wait_for(self._parser.pgid_seen.wait(), SIGNAL_WAIT)
+        except TimeoutError:
+            pass
         if self.pgid is not None:
             await self._conn.owner.kill_groups([self.pgid], signal)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: refused, reset, timed out; not a key, an authentication or a name problem."""
+    return type(exc) is ConnectError and "cannot resolve host" not in str(exc)
 
 
 def _reason(exc: BaseException) -> str:
@@ -150,10 +193,13 @@ class _Connection:
         self.owner = owner
         self.conn = conn
         self.channels = 0
+        self.full = False                  # sshd refused a channel: none until one of its own closes
         self.lost_reason: str | None = None
 
     def release(self) -> None:
         self.channels -= 1
+        if self.channels < self.owner.channels_per_connection:
+            self.full = False
 
 
 class SshTransport:
@@ -165,6 +211,7 @@ class SshTransport:
         self.name = machine.name
         self.accept_new = accept_new_host_keys
         self.channels_per_connection = channels_per_connection
+        self.learned_limit: int | None = None     # sshd's MaxSessions, once it refused a channel
         self._conns: list[_Connection] = []
         self._tunnel: Any = None
         self._lock = asyncio.Lock()
@@ -175,7 +222,7 @@ class SshTransport:
 
     # -- connecting ---------------------------------------------------------------------------
     async def _open(self, host: str, port: int, user: str | None, identity_files: Sequence[str],
-                    known_hosts: Path, timeout: float, tunnel: Any = None) -> Any:
+                    known_hosts: Path, timeout: float, tunnel: Any = None, *, budget: float | None = None) -> Any:
         client = _Client(known_hosts, self.accept_new)
         agent = os.environ.get("SSH_AUTH_SOCK") or None
         keys = [f for f in identity_files if os.path.exists(f)]
@@ -193,7 +240,7 @@ class SshTransport:
         options: dict[str, Any] = dict(
             port=port, username=user or _local_user(), known_hosts=trusted, client_keys=client_keys,
             ignore_encrypted=agent is not None, config=[], connect_timeout=timeout,
-            keepalive_interval=max(1.0, timeout), keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            keepalive_interval=max(1.0, budget or timeout), keepalive_count_max=KEEPALIVE_COUNT_MAX,
             tunnel=tunnel, passphrase=None, encryption_algs=list(ENCRYPTION_ALGS),
             agent_path=agent,
         )
@@ -218,7 +265,7 @@ class SshTransport:
             raise AuthError(f"{self.name}: cannot read identity file: {_reason(exc)}",
                             machine=self.name) from exc
         except TimeoutError as exc:
-            raise ConnectError(f"{self.name}: no answer from {host}:{port} within {timeout:g} s",
+            raise ConnectError(f"{self.name}: no answer from {host}:{port} within {budget or timeout:g} s",
                                machine=self.name) from exc
         except socket.gaierror as exc:
             raise ConnectError(f"{self.name}: cannot resolve host {host!r}: {exc.strerror}",
@@ -232,6 +279,27 @@ class SshTransport:
         except ValueError as exc:                  # e.g. a malformed line in known_hosts
             raise HostKeyError(f"{self.name}: cannot check the host key against {known_hosts}: {_reason(exc)}",
                                machine=self.name) from exc
+
+    async def _open_retrying(self, host: str, port: int, user: str | None, identity_files: Sequence[str],
+                             known_hosts: Path, budget: float, tunnel: Any = None) -> Any:
+        """Connect, retrying refused, reset and timed-out attempts with tenacity's exponential backoff
+        until ``budget`` seconds (the machine's connect_timeout) are spent: an sshd that restarts or
+        starts a moment late is reached. Refused keys and authentication are never retried."""
+        import tenacity
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(_transient),
+            wait=tenacity.wait_exponential(multiplier=CONNECT_BACKOFF, max=CONNECT_BACKOFF_MAX),
+            stop=lambda state: loop.time() + CONNECT_BACKOFF >= deadline,
+            reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                remaining = max(deadline - loop.time(), CONNECT_BACKOFF)
+                return await self._open(host, port, user, identity_files, known_hosts, remaining, tunnel,
+                                        budget=budget)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _host_key_error(self, client: _Client, host: str, port: int, known_hosts: Path) -> HostKeyError:
         pattern = _known_host_pattern(host, port)
@@ -254,16 +322,16 @@ class SshTransport:
                 self._tunnel = await self._open_jump(m.jump)
             tunnel = self._tunnel
         assert m.host is not None
-        conn = await self._open(m.host, m.port, m.user, m.identity_files, Path(m.known_hosts),
-                                m.connect_timeout, tunnel)
+        conn = await self._open_retrying(m.host, m.port, m.user, m.identity_files, Path(m.known_hosts),
+                                         m.connect_timeout, tunnel)
         wrapper = _Connection(self, conn)
         self._conns.append(wrapper)
         return wrapper
 
     async def _open_jump(self, jump: JumpHost) -> Any:
-        return await self._open(jump.host, jump.port, jump.user, jump.identity_files or
-                                self.machine.identity_files, Path(self.machine.known_hosts),
-                                self.machine.connect_timeout)
+        return await self._open_retrying(jump.host, jump.port, jump.user, jump.identity_files or
+                                         self.machine.identity_files, Path(self.machine.known_hosts),
+                                         self.machine.connect_timeout)
 
     async def connect(self) -> float:
         start = time.perf_counter()
@@ -290,7 +358,7 @@ class SshTransport:
             async with self._lock:
                 live = self._live()
                 for c in live:
-                    if c.channels < self.channels_per_connection:
+                    if c.channels < self.channels_per_connection and not c.full:
                         c.channels += 1
                         return c
                 if not live or len(live) * self.channels_per_connection < 1024:
@@ -298,34 +366,71 @@ class SshTransport:
                     c.channels += 1
                     return c
 
+    async def _channel(self, open_: Callable[[Any], Awaitable[_T]]) -> tuple[_Connection, _T]:
+        """Open a channel with ``open_(conn)`` on a connection with room for it.
+
+        sshd refuses sessions past its ``MaxSessions``: when it refuses one, the number of channels the
+        connection holds is that server's limit; it is learned (for every later channel of this
+        machine) and the channel goes to another connection.
+        """
+        limit = self.machine.connect_timeout + SIGNAL_WAIT
+        last: BaseException | None = None
+        for n in range(CHANNEL_TRIES):
+            c = await self._acquire()
+            try:
+                return c, await asyncio.wait_for(open_(c.conn), limit)
+            except asyncssh.ChannelOpenError as exc:
+                c.release()
+                last = exc
+                if c.channels < 1:
+                    # Refused on an idle connection: sshd may not have freed a session that just closed.
+                    await asyncio.sleep(0.1 * 2 ** n)
+                    continue
+                if c.channels < self.channels_per_connection:
+                    self.channels_per_connection = c.channels
+                    self.learned_limit = c.channels
+                c.full = True                      # this one takes no new channel until one closes
+            except TimeoutError as exc:
+                c.release()
+                raise ConnectError(f"{self.name}: no answer to the channel request within {limit:g} s",
+                                   machine=self.name) from exc
+            except BaseException:
+                c.release()
+                raise
+        reason = _reason(last) if last is not None else "refused"
+        raise ConnectError(f"{self.name}: sshd refused a session channel ({reason}): raise MaxSessions "
+                           f"in its sshd_config", machine=self.name)
+
     # -- running ------------------------------------------------------------------------------
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: LineHandler) -> SshProcess:
-        c = await self._acquire()
+                    on_line: OutputTarget) -> SshProcess:
+        token = new_token()
+        script = _sh(shell_wrapper(command, cwd=cwd, env=env, token=token, watch=True))
         try:
-            proc = await c.conn.create_process(
-                _sh(shell_wrapper(command, cwd=cwd, env=env)), stdin=asyncssh.DEVNULL,
-                stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace")
+            # stdin stays open and unwritten: the wrapper's watcher ends the shard when it closes.
+            c, proc = await self._channel(lambda conn: conn.create_process(
+                script, stderr=asyncssh.STDOUT, encoding=None))
         except (asyncssh.Error, OSError) as exc:
-            c.release()
             raise ConnectError(f"{self.name}: cannot start command: {_reason(exc)}", machine=self.name) from exc
-        return SshProcess(proc, on_line, c)
+        return SshProcess(proc, on_line, c, token)
 
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
                   stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
-        c = await self._acquire()
-        proc: Any = None
+        # Without input, the wrapper watches stdin: a command that times out dies with its channel.
+        script = _sh(shell_wrapper(command, cwd=cwd, env=env, watch=stdin is None))
         try:
-            proc = await c.conn.create_process(
-                _sh(shell_wrapper(command, cwd=cwd, env=env, report_pgid=False)), input=stdin,
-                stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace")
+            c, proc = await self._channel(lambda conn: conn.create_process(
+                script, input=stdin, stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace"))
+        except (asyncssh.Error, OSError) as exc:
+            return ProcessResult(None, None, f"connection lost: {_reason(exc)}"), ""
+        try:
             result = await proc.wait(check=False, timeout=timeout)
         except asyncssh.TimeoutError:
             return ProcessResult(None, None, f"timed out after {timeout:g} s"), ""
         except (asyncssh.Error, OSError) as exc:
             return ProcessResult(None, None, f"connection lost: {_reason(exc)}"), ""
         finally:
-            if proc is not None and not proc.is_closing():
+            if not proc.is_closing():
                 proc.close()                      # a timed-out command must not keep its session open
             c.release()
         out = result.stdout if isinstance(result.stdout, str) else ""
@@ -373,8 +478,8 @@ class SshTransport:
             raise
 
     async def _open_sftp(self) -> Any:
-        self._sftp_conn = await self._acquire()
-        return await self._sftp_conn.conn.start_sftp_client()
+        self._sftp_conn, client = await self._channel(lambda conn: conn.start_sftp_client())
+        return client
 
     def _drop_sftp(self) -> None:
         if self._sftp_conn is not None:
