@@ -47,24 +47,27 @@ def test_parser_takes_markers_out() -> None:
     assert parser.result(ProcessResult(None, error="lost")) == ProcessResult(3)
 
 
+class Collect:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.texts.append(text)
+
+
 def test_parser_keeps_output_exact_across_any_split() -> None:
     """The wrapper's newline before the exit marker is taken out; chunk boundaries change nothing."""
     for output in (b"a\nb", b"a\nb\n", b"", b"\n", b"x" * 100 + b"\n\n"):
         stream = b"junk from a login script\n__fleetshard_pgid__ ff00 7\n" + output + \
             b"\n__fleetshard_exit__ ff00 5\nleftover\n"
         for size in (1, 2, 3, 7, len(stream)):
-            got: list[str] = []
-
-            class Sink:
-                def write(self, text: str) -> None:
-                    got.append(text)
-
-            parser = OutputParser(Sink(), "ff00")
+            sink = Collect()
+            parser = OutputParser(sink, "ff00")
             for i in range(0, len(stream), size):
                 parser.feed_bytes(stream[i:i + size])
             parser.close()
             assert parser.pgid == 7 and parser.exit_status == 5, (output, size)
-            assert "".join(got) == "junk from a login script\n" + output.decode() + "leftover\n", (output, size)
+            assert "".join(sink.texts) == "junk from a login script\n" + output.decode() + "leftover\n", (output, size)
 
 
 def test_marker_lookalikes_are_output() -> None:
