@@ -241,5 +241,23 @@ def report(
     _finish(call)
 
 
+@app.command()
+def serve(
+    address: Annotated[str, typer.Argument(metavar="[HOST:]PORT",
+                                           help="Where to serve [HOST defaults to 127.0.0.1].")],
+    inventory: InventoryOpt = None,
+    limit: Annotated[int, typer.Option("-n", "--limit", min=1, help="How many recent runs the pages cover.")]
+        = 50,
+) -> None:
+    """Serve the history dashboard: runs, reports, flaky tests, machine speeds, slowest tests, what if."""
+    from .inventory import load_inventory
+    from .web.historyapp import serve_command
+
+    def call() -> int:
+        return serve_command(load_inventory(inventory), address, limit=limit)
+
+    _finish(call)
+
+
 def main() -> None:
     app()
