@@ -67,8 +67,10 @@ def sparkline(values: Sequence[float | None], classes: Sequence[str] | None = No
     dots = "".join(f'<circle class="{_e(classes[i] if classes else "")}" cx="{xy(i, v)[0]:.1f}" '
                    f'cy="{xy(i, v)[1]:.1f}" r="3"><title>{_e(fmt_duration(v) if not label else f"{v:g}")}'
                    f"</title></circle>" for i, v in points)
+    top_text = fmt_duration(top) if not label else f"{top:.2f}"
     return (f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="{_e(label or "trend")}"><polyline points="{line}"/>{dots}</svg>')
+            f'aria-label="{_e(label or "trend")}"><text x="{width - pad}" y="10" text-anchor="end">'
+            f'max {_e(top_text)}</text><polyline points="{line}"/>{dots}</svg>')
 
 
 def page(title: str, body: str, *, active: str = "") -> str:
@@ -79,7 +81,8 @@ def page(title: str, body: str, *, active: str = "") -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
             f'<link rel="stylesheet" href="/static/dashboard.css"><title>{_e(title)} · fleetshard</title></head>'
-            f'<body><header class="ok"><h1>{_e(title)}</h1><nav>{nav}</nav></header><main>{body}</main></body></html>')
+            f'<body><header class="neutral"><h1>{_e(title)}</h1><nav>{nav}</nav></header>'
+            f"<main>{body}</main></body></html>")
 
 
 def _table(head: Iterable[str], rows: Iterable[Iterable[str]], *, cls: str = "") -> str:
