@@ -150,6 +150,11 @@ def run(
     from .runner import RunOptions, run_command
 
     def call() -> int:
+        from .outfile import check_output_path
+
+        for option, path in (("--junit", junit), ("--json-report", json_report), ("--html", html)):
+            if path is not None:
+                check_output_path(path, option)
         inv = load_inventory(inventory)
         opts = RunOptions(
             selector=machines, max_retries=max_retries, strategy=strategy.value if strategy else None,
@@ -236,6 +241,10 @@ def report(
     from .report import report_command
 
     def call() -> int:
+        from .outfile import check_output_path
+
+        if html is not None:
+            check_output_path(html, "--html")
         return report_command(load_inventory(inventory), run_id, html=html)
 
     _finish(call)
