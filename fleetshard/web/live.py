@@ -18,7 +18,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +103,8 @@ class LiveDashboard:
                 self.log_dir = Path(event.log_dir)
             self.publish(self.model.apply(event))
             if isinstance(event, ShardFinished) and event.outcome is Outcome.TESTS_FAILED:
-                self._spawn(self._failed_tests(event.shard.id, event.attempt))
+                junit = getattr(event, "junit_path", None)
+                self._spawn(self._failed_tests(event.shard.id, event.attempt, junit))
         except Exception as exc:  # a view must never break the run
             self.model.notices.append({"text": f"dashboard: {type(exc).__name__}: {exc}", "level": "warning",
                                        "machine": None, "at": self.model.now})
@@ -197,13 +198,16 @@ class LiveDashboard:
             if self.viewers:
                 self.publish(self.model.tick(self.clock()))
 
-    async def _failed_tests(self, shard_id: str, attempt: int) -> None:
+    async def _failed_tests(self, shard_id: str, attempt: int, junit: str | None) -> None:
         """The failing tests of an attempt, from the JUnit file the run collected, as soon as it is there."""
         from ..results import FAILING, JunitError, parse_junit
 
-        if self.log_dir is None:
+        if junit:
+            path = Path(junit)
+        elif self.log_dir is not None:
+            path = self.log_dir.parent / "junit" / f"{shard_id}-{attempt}.xml"
+        else:
             return
-        path = self.log_dir.parent / "junit" / f"{shard_id}-{attempt}.xml"
         waited = 0.0
         while not path.exists():
             if waited >= JUNIT_WAIT or self.closing:
@@ -356,3 +360,43 @@ LIVE_PAGE = """<!DOCTYPE html>
 <script src="static/live.js"></script>
 </body></html>
 """
+
+
+DEFAULT_GRACE = 30.0
+
+
+async def run_served(address_text: str, body: Callable[[LiveDashboard], Awaitable[int]], *,
+                     grace: float = DEFAULT_GRACE, clock: Callable[[], float] = time.monotonic) -> int:
+    """Serve the live page while ``body(dashboard)`` runs the run (it subscribes the dashboard to the
+    run's events and calls ``finish(record)``), then the report for at most ``grace`` seconds while a page is
+    open. The address is bound first, so a busy port fails the command (exit 2) before anything runs.
+    The URL goes to stderr: what the run prints on stdout stays as it is without ``--serve``."""
+    import signal
+    import sys
+
+    from . import require_aiohttp
+    from .server import parse_address
+
+    require_aiohttp()
+    dashboard = LiveDashboard(parse_address(address_text), clock=clock)
+    url = await dashboard.start()
+    print(f"fleetshard: live dashboard at {url}", file=sys.stderr, flush=True)
+    try:
+        code = await body(dashboard)
+        if dashboard.report is not None and dashboard.ever_watched and grace > 0:
+            linger = min(grace, 2.0) if code == 130 else grace
+            loop = asyncio.get_running_loop()
+            signals = (signal.SIGINT, signal.SIGTERM)
+            for sig in signals:
+                loop.add_signal_handler(sig, dashboard.stop_soon)
+            try:
+                if dashboard.viewers:
+                    print(f"fleetshard: the report stays at {url} until the open pages have it "
+                          f"(at most {linger:g} s; Ctrl-C to stop)", file=sys.stderr, flush=True)
+                await dashboard.linger(linger)
+            finally:
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
+        return code
+    finally:
+        await dashboard.close()

@@ -122,8 +122,30 @@
     return s * 1.02;
   }
 
+  var STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400];
+  function tickLabel(s) {
+    if (s <= 0) { return "0"; }
+    if (s < 60) { return "+" + s + "s"; }
+    var m = Math.floor(s / 60), sec = s % 60;
+    if (m < 60) { return "+" + m + "m" + (sec ? " " + sec + "s" : ""); }
+    return "+" + Math.floor(m / 60) + "h" + (m % 60 ? " " + (m % 60) + "m" : "");
+  }
+  function renderAxis(box, total) {
+    var axis = box.querySelector(".axis");
+    if (!axis) { axis = el("div", "axis"); box.insertBefore(axis, box.firstChild); }
+    clear(axis);
+    var step = STEPS[STEPS.length - 1];
+    for (var i = 0; i < STEPS.length; i++) { if (total / STEPS[i] <= 10) { step = STEPS[i]; break; } }
+    for (var t = 0; t <= total; t += step) {
+      var tick = el("span", "tick", tickLabel(t));
+      tick.style.left = (100 * t / total) + "%";
+      axis.appendChild(tick);
+    }
+  }
+
   function renderTimeline() {
     var box = $("timeline"), total = span(), now = state.progress.elapsed || 0;
+    renderAxis(box, total);
     Object.keys(state.machines).forEach(function (name) {
       var m = state.machines[name], row = rows[name];
       if (!row) {
