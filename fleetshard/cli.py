@@ -9,12 +9,15 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from . import __version__
 from .errors import FleetshardError
+
+if TYPE_CHECKING:
+    from .inventory import Inventory
 
 app = typer.Typer(
     name="fleetshard",
@@ -62,6 +65,19 @@ def _finish(call: Callable[[], int]) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _load(inventory: Path | None, selector: str | None = None, *, warn: bool = True) -> Inventory:
+    """Load the inventory; say once per machine (of those selected) what its ssh_config asks that its
+    transport does not do."""
+    from .inventory import load_inventory, select_machines
+
+    inv = load_inventory(inventory)
+    if warn:
+        for machine in select_machines(inv, selector):
+            for text in machine.warnings:
+                typer.echo(f"fleetshard: warning: {machine.name}: {text}", err=True)
+    return inv
+
+
 def _internal(exc: Exception) -> NoReturn:
     """A bug, not the user's input: one line, exit 3 (CI must not read it as "tests failed")."""
     import os
@@ -97,10 +113,10 @@ def health(
 ) -> None:
     """Probe every machine at once: cores, load, memory, disk, latency. Exit 3 if any is unhealthy."""
     from .health import health_command
-    from .inventory import load_inventory, select_machines
+    from .inventory import select_machines
 
     def call() -> int:
-        inv = load_inventory(inventory)
+        inv = _load(inventory, machines)
         return health_command(inv, select_machines(inv, machines), as_json=as_json,
                               accept_new_host_keys=accept_new_host_keys)
 
@@ -146,7 +162,6 @@ def run(
     accept_new_host_keys: AcceptOpt = False,
 ) -> None:
     """Run the suite in shards across the machines. Anything after `--` replaces suite.command."""
-    from .inventory import load_inventory
     from .runner import RunOptions, run_command
 
     def call() -> int:
@@ -155,7 +170,7 @@ def run(
         for option, path in (("--junit", junit), ("--json-report", json_report), ("--html", html)):
             if path is not None:
                 check_output_path(path, option)
-        inv = load_inventory(inventory)
+        inv = _load(inventory, machines)
         opts = RunOptions(
             selector=machines, max_retries=max_retries, strategy=strategy.value if strategy else None,
             shards=shards, skip_health_checks=skip_health_checks, fail_fast=fail_fast,
@@ -196,11 +211,10 @@ def plan(
              "slots:NAME=N, speed:NAME=X (comma-separated or repeated). Probes nothing.")] = None,
 ) -> None:
     """Show which machine gets which shard, the expected makespan and its lower bound. Runs nothing."""
-    from .inventory import load_inventory
     from .runner import RunOptions, run_command
 
     def call() -> int:
-        inv = load_inventory(inventory)
+        inv = _load(inventory, machines)
         if what_if:
             from .whatif import what_if_command
 

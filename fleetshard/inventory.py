@@ -50,7 +50,7 @@ __all__ = [
     "select_machines",
 ]
 
-Transport = Literal["ssh", "local"]
+Transport = Literal["ssh", "openssh", "local"]
 Strategy = Literal["static", "dynamic"]
 
 INVENTORY_ENV = "FLEETSHARD_INVENTORY"
@@ -63,12 +63,13 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 @dataclass(frozen=True)
 class JumpHost:
-    """The first hop of a ``ProxyJump`` / ``jump`` chain."""
+    """One hop of a ``ProxyJump`` / ``jump`` chain, resolved through ~/.ssh/config like the target."""
 
     host: str
     port: int = 22
     user: str | None = None
     identity_files: tuple[str, ...] = ()
+    alias: str | None = None  # the hop as written, when ~/.ssh/config resolved it to another host
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,28 @@ class Machine:
     slots: int | None = None  # None -> probed cores
     speed: float | None = None  # relative speed, 1.0 = reference; None = unknown
     tags: tuple[str, ...] = ()
-    jump: JumpHost | None = None
+    jumps: tuple[JumpHost, ...] = ()  # ProxyJump chain, first hop first
     line: int = 0  # line of the inventory where the machine is defined
+    # From ~/.ssh/config only (no inventory key):
+    proxy_command: str | None = None  # tokens expanded; run with /bin/sh -c
+    identity_agent: str | None = None  # agent socket; None -> $SSH_AUTH_SOCK; "none" -> no agent
+    certificate_files: tuple[str, ...] = ()
+    extra_known_hosts: tuple[str, ...] = ()  # further files trusted (UserKnownHostsFile 2nd.., Global..)
+    server_alive_interval: float | None = None  # None -> fleetshard's keepalive (connect_timeout)
+    server_alive_count_max: int | None = None
+    ssh_config: str | None = None  # the OpenSSH config file the machine was resolved with
+    from_ssh_config: frozenset[str] = frozenset()  # fields above whose value came from ssh_config
+    warnings: tuple[str, ...] = ()  # ssh_config keywords this machine's transport does not honour
+
+    @property
+    def jump(self) -> JumpHost | None:
+        """The first hop, if any."""
+        return self.jumps[0] if self.jumps else None
+
+    @property
+    def destination(self) -> str | None:
+        """The host as written in the inventory (the alias ssh_config is looked up with)."""
+        return self.alias or self.host
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
@@ -452,10 +473,10 @@ def _env(ctx: _Ctx, node: Node, field: str) -> dict[str, str | None]:
     return result
 
 
-def _jump_spec(ctx: _Ctx, node: Node, field: str) -> tuple[str | None, str, int | None]:
+def _jump_spec(ctx: _Ctx, node: Node, field: str) -> tuple[_Hop, ...]:
     text = _str(ctx, node, field)
     try:
-        return _parse_jump(text)
+        return _parse_jumps(text)
     except ValueError as exc:
         raise ctx.error(f'{exc}, got "{text}"', _line(node), field) from None
 
@@ -679,26 +700,34 @@ def _compose(ctx: _Ctx, text: str) -> Node | None:
 
 
 class _LazySSHConfig:
-    """~/.ssh/config, read the first time an ssh machine asks: an inventory of local machines never
-    depends on it."""
+    """~/.ssh/config, looked at the first time an ssh machine asks: an inventory of local machines never
+    depends on it. Each lookup goes through asyncssh's own parser (fleetshard.sshconfig)."""
 
     def __init__(self, path: str | Path | None) -> None:
         self._path = path
-        self._config: sshconfig.SSHConfig | None = None
-        self._loaded = False
+        self._resolved: Path | None = None
+        self._checked = False
 
-    def get(self) -> sshconfig.SSHConfig | None:
-        if not self._loaded:
-            self._config = _load_ssh_config(self._path)
-            self._loaded = True
-        return self._config
+    @property
+    def path(self) -> Path | None:
+        if not self._checked:
+            self._checked = True
+            if self._path is None:
+                default = Path(os.path.expanduser("~/.ssh/config"))
+                self._resolved = default if default.is_file() else None
+            else:
+                self._resolved = Path(self._path)
+                if not self._resolved.exists():
+                    raise ConfigError("file not found", file=str(self._resolved))
+                if self._resolved.is_dir():
+                    raise ConfigError("is a directory, not a file", file=str(self._resolved))
+        return self._resolved
 
-
-def _load_ssh_config(ssh_config: str | Path | None) -> sshconfig.SSHConfig | None:
-    if ssh_config is None:
-        default = Path(os.path.expanduser("~/.ssh/config"))
-        return sshconfig.parse(default) if default.is_file() else None
-    return sshconfig.parse(ssh_config)
+    def lookup(self, host: str, *, user: str | None = None, port: int | None = None) -> sshconfig.HostConfig:
+        path = self.path
+        if path is None:
+            return sshconfig.HostConfig(path=Path())
+        return sshconfig.lookup(host, path, user=user, port=port)
 
 
 def _local_path(path: str, base_dir: Path) -> str:
@@ -706,9 +735,17 @@ def _local_path(path: str, base_dir: Path) -> str:
     return expanded if os.path.isabs(expanded) else str(base_dir / expanded)
 
 
-def _parse_jump(text: str) -> tuple[str | None, str, int | None]:
-    """``[ssh://][user@]host[:port]`` (first hop of a comma-separated chain) -> (user, host, port)."""
-    hop = text.split(",", 1)[0].strip()
+_Hop = tuple[str | None, str, int | None]
+
+
+def _parse_jumps(text: str) -> tuple[_Hop, ...]:
+    """``[ssh://][user@]host[:port][,...]`` -> one (user, host, port) per hop, first hop first."""
+    hops = tuple(_parse_hop(part) for part in text.split(","))
+    return hops
+
+
+def _parse_hop(text: str) -> _Hop:
+    hop = text.strip()
     hop = hop.removeprefix("ssh://")
     user: str | None = None
     if "@" in hop:
@@ -739,9 +776,62 @@ def _parse_jump(text: str) -> tuple[str | None, str, int | None]:
     return user, host, port
 
 
-def _cfg_str(cfg: Mapping[str, str | list[str]], key: str) -> str | None:
-    value = cfg.get(key)
-    return value if isinstance(value, str) else None
+#: Keywords that do not change where fleetshard connects, as whom, or how the host is verified: fleetshard
+#: already does what they ask (batch mode, one multiplexed connection per machine), or they only concern
+#: an interactive terminal. They are ignored without a warning (docs/inventory.md lists them).
+_NO_EFFECT_KEYWORDS = frozenset({
+    "batchmode", "loglevel", "visualhostkey", "hashknownhosts", "escapechar", "addkeystoagent", "usekeychain",
+    "forwardx11", "forwardx11trusted", "forwardx11timeout", "controlmaster", "controlpath", "controlpersist",
+    "requesttty", "sessiontype", "stdinnull", "forkafterauthentication", "permitlocalcommand", "localcommand",
+    "updatehostkeys", "checkhostip", "numberofpasswordprompts", "xauthlocation", "enableescapecommandline",
+    "obscurekeystroketiming",
+})
+#: Keywords the ssh (asyncssh) transport reads but overrides by fleetshard's own rules, with the reason.
+_OVERRIDDEN = {
+    "stricthostkeychecking": "StrictHostKeyChecking is ignored: host keys are always verified "
+                             "(--accept-new-host-keys records new ones)",
+    "canonicalizehostname": "CanonicalizeHostname is not supported: the host is resolved as written",
+    "remotecommand": "RemoteCommand is ignored: fleetshard runs its own commands",
+    "forwardagent": "ForwardAgent is ignored: the agent is never forwarded to test machines",
+    "sendenv": "SendEnv is ignored: use env in the inventory",
+    "setenv": "SetEnv is ignored: use env in the inventory",
+}
+
+
+def _config_warnings(transport: Transport, cfg: sshconfig.HostConfig, written: str) -> tuple[str, ...]:
+    """What the machine's transport will not do of what ssh_config says for it (one line per problem)."""
+    notes: list[str] = []
+    if cfg.has("UserKnownHostsFile") and not cfg.get("UserKnownHostsFile"):
+        notes.append("UserKnownHostsFile none is ignored: host keys are always verified (against known_hosts)")
+    if transport == "openssh":
+        if "stricthostkeychecking" in cfg.applied:
+            notes.append(_OVERRIDDEN["stricthostkeychecking"])
+        return tuple(f"{cfg.path}: {n} (Host {written})" for n in notes)
+    if cfg.match_canonical:
+        notes.append("Match canonical is not supported: the host is resolved as written, so those blocks "
+                     "are not applied")
+    for keyword in sorted(cfg.applied):
+        if keyword in _OVERRIDDEN:
+            notes.append(_OVERRIDDEN[keyword])
+    unknown = [k for k in cfg.unknown if k.lower() not in _NO_EFFECT_KEYWORDS and k.lower() not in _OVERRIDDEN]
+    if unknown:
+        notes.append(f"{', '.join(unknown)} not supported by the ssh transport, ignored "
+                     f"(transport: openssh uses the system ssh client, which honours them)")
+    return tuple(f"{cfg.path}: {n} (Host {written})" for n in notes)
+
+
+def _cfg_expand(value: str) -> str:
+    return os.path.expanduser(value)
+
+
+def _agent(value: Any) -> str:
+    """IdentityAgent as a socket path, or "none"."""
+    if value is None or str(value).lower() == "none":
+        return "none"
+    text = str(value)
+    if text == "SSH_AUTH_SOCK" or text.startswith("$"):
+        return os.environ.get(text.lstrip("$").strip("{}"), "") or "none"
+    return _cfg_expand(text)
 
 
 def _machine(ctx: _Ctx, entry: _Entry, defaults: Mapping[str, Any],
@@ -768,8 +858,6 @@ def _machine(ctx: _Ctx, entry: _Entry, defaults: Mapping[str, Any],
     common: dict[str, Any] = {
         "name": name,
         "transport": transport,
-        "known_hosts": _local_path(setting("known_hosts", DEFAULT_KNOWN_HOSTS), base_dir),
-        "connect_timeout": setting("connect_timeout", 5.0),
         "workdir": setting("workdir"),
         "env": tuple(sorted((k, v) for k, v in env.items() if v is not None)),
         "slots": setting("slots"),
@@ -783,85 +871,136 @@ def _machine(ctx: _Ctx, entry: _Entry, defaults: Mapping[str, Any],
             if own.get(key) is not None:
                 raise ctx.error(f"{key} is not used with transport: local", entry.line, _join(prefix, key))
         return Machine(user=setting("user"), port=setting("port", 22),
-                       identity_files=tuple(_local_path(p, base_dir) for p in identity_files), **common)
+                       identity_files=tuple(_local_path(p, base_dir) for p in identity_files),
+                       known_hosts=_local_path(setting("known_hosts", DEFAULT_KNOWN_HOSTS), base_dir),
+                       connect_timeout=setting("connect_timeout", 5.0), **common)
 
     written = own.get("host") or name
-    ssh = lazy_ssh.get()
-    cfg: dict[str, str | list[str]] = ssh.lookup(written) if ssh is not None else {}
-    where = f"{ssh.path if ssh else ''}"
-    host = _cfg_str(cfg, "hostname") or written
+    own_user = own.get("user") if isinstance(own.get("user"), str) else None
+    own_port = own.get("port") if isinstance(own.get("port"), int) else None
+    lazy_ssh.path  # noqa: B018 - a missing or unreadable config file is its own error
+    try:
+        cfg = lazy_ssh.lookup(written, user=own_user, port=own_port)
+    except ConfigError as exc:
+        raise _ssh_config_error(exc, ctx, entry.line, prefix) from None
+    where = str(cfg.path)
+    host = cfg.get("Hostname") or written
+    sourced: set[str] = set()
 
     def resolved(key: str, cfg_value: Any, builtin: Any = None) -> Any:
         """Machine value > ~/.ssh/config > defaults > built-in."""
         if key in own:
             return own[key]
         if cfg_value is not None:
+            sourced.add(key)
             return cfg_value
         return setting(key, builtin)
 
-    cfg_port: int | None = None
-    if (port_text := _cfg_str(cfg, "port")) is not None:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ctx.error(f'{where} sets Port "{port_text}" for {written}, expected 1-65535',
-                            entry.line, prefix)
-        cfg_port = int(port_text)
-    cfg_identity = cfg.get("identityfile")
-    cfg_identities = tuple(cfg_identity) if isinstance(cfg_identity, list) and cfg_identity else None
+    cfg_port = cfg.get("Port") if own_port is None else None
+    if cfg_port is not None and not (isinstance(cfg_port, int) and 1 <= cfg_port <= 65535):
+        raise ctx.error(f'{where} sets Port "{cfg_port}" for {written}, expected 1-65535', entry.line, prefix)
+    cfg_identities = tuple(_cfg_expand(p) for p in cfg.get("IdentityFile") or ()) or None
     own_identities = resolved("identity_file", None)
     if "identity_file" not in own and cfg_identities is not None:
         identities = cfg_identities
+        sourced.add("identity_file")
     else:
         identities = tuple(_local_path(p, base_dir) for p in (own_identities or ()))
 
-    jump_spec: tuple[str | None, str, int | None] | None
-    cfg_jump = _cfg_str(cfg, "proxyjump")
+    # known_hosts: the machine's > UserKnownHostsFile > defaults > ~/.ssh/known_hosts; new keys go to the first.
+    cfg_known = [_cfg_expand(p) for p in cfg.get("UserKnownHostsFile") or ()]
+    extra_known: list[str] = [_cfg_expand(p) for p in cfg.get("GlobalKnownHostsFile") or ()]
+    if "known_hosts" not in own and cfg_known:
+        known_hosts = cfg_known[0]
+        extra_known = cfg_known[1:] + extra_known
+        sourced.add("known_hosts")
+    else:
+        known_hosts = _local_path(setting("known_hosts", DEFAULT_KNOWN_HOSTS), base_dir)
+
+    # How to reach it: the machine's jump > ProxyJump / ProxyCommand > defaults' jump.
+    hops: tuple[_Hop, ...] = ()
+    proxy_command: str | None = None
     if "jump" in own:
-        jump_spec = own["jump"]
-    elif cfg_jump is not None:
-        if cfg_jump.lower() == "none":
-            jump_spec = None
-        else:
+        hops = own["jump"] or ()
+    elif cfg.has("ProxyJump") or cfg.has("ProxyCommand"):
+        cfg_jump = cfg.get("ProxyJump")
+        if cfg_jump is not None:
             try:
-                jump_spec = _parse_jump(cfg_jump)
+                hops = _parse_jumps(str(cfg_jump))
             except ValueError as exc:
                 raise ctx.error(f'{where} sets ProxyJump "{cfg_jump}" for {written}: {exc}',
                                 entry.line, prefix) from None
+            sourced.add("jumps")
+        elif cfg.get("ProxyCommand") is not None:
+            proxy_command = str(cfg.get("ProxyCommand"))
+            sourced.add("proxy_command")
     else:
-        jump_spec = defaults.get("jump")
+        hops = defaults.get("jump") or ()
+    jumps = tuple(_jump_host(ctx, hop, lazy_ssh, identities, entry.line, prefix) for hop in hops)
+
+    cfg_timeout = cfg.get("ConnectTimeout")
+    interval = cfg.get("ServerAliveInterval")
+    count = cfg.get("ServerAliveCountMax")
+    certificates = tuple(_cfg_expand(p) for p in cfg.get("CertificateFile") or ())
+    agent = _agent(cfg.get("IdentityAgent")) if cfg.has("IdentityAgent") else None
+    if cfg.has("Ciphers"):
+        sourced.add("ciphers")
+    for key, present in (("certificate_files", certificates), ("identity_agent", agent is not None),
+                         ("server_alive_interval", interval is not None)):
+        if present:
+            sourced.add(key)
 
     return Machine(
         host=host,
         alias=written if host != written else None,
         port=resolved("port", cfg_port, 22),
-        user=resolved("user", _cfg_str(cfg, "user")),
+        user=resolved("user", cfg.get("User")),
         identity_files=identities,
-        jump=_jump_host(jump_spec, ssh, identities),
+        known_hosts=known_hosts,
+        connect_timeout=resolved("connect_timeout", float(cfg_timeout) if cfg_timeout else None, 5.0),
+        jumps=jumps,
+        proxy_command=proxy_command,
+        identity_agent=agent,
+        certificate_files=certificates,
+        extra_known_hosts=tuple(extra_known),
+        server_alive_interval=float(interval) if interval is not None else None,
+        server_alive_count_max=int(count) if count is not None else None,
+        ssh_config=str(cfg.path) if lazy_ssh.path is not None else None,
+        from_ssh_config=frozenset(sourced),
+        warnings=_config_warnings(transport, cfg, written) if lazy_ssh.path is not None else (),
         **common,
     )
 
 
-def _jump_host(spec: tuple[str | None, str, int | None] | None, ssh: sshconfig.SSHConfig | None,
-               fallback_identities: tuple[str, ...]) -> JumpHost | None:
+def _ssh_config_error(exc: ConfigError, ctx: _Ctx, line: int, field: str) -> ConfigError:
+    """An error in ssh_config, named by its own file and line, with the machine that read it."""
+    where = f"{exc.file}:{exc.line}: " if exc.line is not None else f"{exc.file}: "
+    reason = str(exc).removeprefix(where)
+    return ConfigError(f"{reason} (read for {field}, {ctx.file}:{line})", file=exc.file, line=exc.line)
+
+
+def _jump_host(ctx: _Ctx, spec: _Hop, ssh: _LazySSHConfig, fallback_identities: tuple[str, ...],
+               line: int, prefix: str) -> JumpHost:
     """Resolve a jump host through ~/.ssh/config like ssh does; values written in the spec win.
 
     Without an IdentityFile for the jump host in ~/.ssh/config, the machine's own identity files are used.
     """
-    if spec is None:
-        return None
     user, written, port = spec
-    cfg: dict[str, str | list[str]] = ssh.lookup(written) if ssh is not None else {}
-    cfg_port = _cfg_str(cfg, "port")
-    if port is None and cfg_port is not None and cfg_port.isdigit() and 1 <= int(cfg_port) <= 65535:
-        port = int(cfg_port)
-    cfg_identity = cfg.get("identityfile")
-    identities = fallback_identities
-    if isinstance(cfg_identity, list) and cfg_identity:
-        identities = tuple(cfg_identity)
+    try:
+        cfg = ssh.lookup(written, user=user, port=port)
+    except ConfigError as exc:
+        raise _ssh_config_error(exc, ctx, line, prefix) from None
+    cfg_port = cfg.get("Port")
+    if port is None and isinstance(cfg_port, int) and 1 <= cfg_port <= 65535:
+        port = cfg_port
+    cfg_identity = tuple(_cfg_expand(p) for p in cfg.get("IdentityFile") or ())
+    host = cfg.get("Hostname") or written
     return JumpHost(
-        host=_cfg_str(cfg, "hostname") or written,
+        host=host,
         port=port if port is not None else 22,
-        user=user if user is not None else _cfg_str(cfg, "user"),
-        identity_files=identities,
+        user=user if user is not None else cfg.get("User"),
+        identity_files=cfg_identity or fallback_identities,
+        alias=written if host != written else None,
     )
 
 

@@ -1,23 +1,12 @@
-"""A small reader for OpenSSH client configuration files (``~/.ssh/config``).
+"""OpenSSH client configuration (``~/.ssh/config``), read by asyncssh's own parser.
 
-Only what fleetshard needs to resolve an inventory host the way ``ssh`` would:
+:func:`lookup` resolves one host the way asyncssh (and, for what it implements, ``ssh``) does:
+``Host`` patterns (case-sensitive, ``!negation``), ``Match host`` (against the target after ``HostName``),
+``originalhost``, ``user``, ``localuser``, ``exec``, ``final``, ``all``; ``Include``; first value wins;
+``%`` tokens and ``${VAR}``. It also records which keywords applied to the host, and which of them
+asyncssh does not know, so that the inventory can warn about what the ``ssh`` transport ignores.
 
-* ``Host`` blocks with several patterns per line, ``*`` / ``?`` wildcards and ``!negation``
-  (a block applies when one positive pattern matches and no negated one does), matched
-  case-insensitively against the host as written;
-* ``Match all`` / ``Match host`` / ``Match originalhost`` (any other ``Match`` criterion is treated
-  as not matching, so its block is skipped);
-* ``Keyword value`` and ``Keyword=value`` forms, case-insensitive keywords, quoted values and
-  comments;
-* ``Include`` (globs; relative paths are taken from ``~/.ssh``), nested up to 16 deep;
-* first obtained value wins, except ``IdentityFile`` (and the other list-valued keywords), which
-  accumulate in order;
-* tokens ``%h %n %p %r %u %d %l %%`` and a leading ``~`` in ``IdentityFile``; ``%h`` and ``%%`` in
-  ``HostName``.
-
-:func:`lookup` returns the settings that apply to one host, keyed by *lower-case* keyword
-(``hostname``, ``user``, ``port``, ``identityfile``, ``proxyjump``, ...). Values are strings except the
-list-valued keywords, which are lists of strings.
+:func:`concrete_hosts` lists the aliases of ``Host`` lines that are not patterns (for ``fleetshard init``).
 """
 
 from __future__ import annotations
@@ -26,236 +15,181 @@ import getpass
 import glob
 import os
 import re
-import socket
+import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fleetshard.errors import ConfigError
 
-__all__ = ["SSHConfig", "lookup", "parse"]
+__all__ = ["HostConfig", "concrete_hosts", "lookup"]
 
-#: Keywords that may be given more than once, every occurrence adding to a list.
-LIST_KEYWORDS = frozenset({
-    "identityfile", "certificatefile", "localforward", "remoteforward", "dynamicforward", "sendenv", "setenv",
-})
-_MAX_INCLUDE_DEPTH = 16
-_LINE_RE = re.compile(r"\s*([^\s=]+)\s*(?:=\s*)?(.*)$")
+_PARSE_ERROR_RE = re.compile(r"^(?P<path>.*) line (?P<line>\d+): (?P<reason>.*)$")
 
 
 @dataclass(frozen=True)
-class _Condition:
-    """The ``Host`` or ``Match`` line a setting sits under (``kind == "all"`` before any of them)."""
+class HostConfig:
+    """What ``path`` says about one host.
 
-    kind: str  # "all" | "host" | "match"
-    patterns: tuple[str, ...] = ()
-    criteria: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-    def applies(self, host: str) -> bool:
-        if self.kind == "all":
-            return True
-        if self.kind == "host":
-            return _match_pattern_list(host, self.patterns)
-        for criterion, args in self.criteria:
-            if criterion == "all":
-                continue
-            if criterion in ("host", "originalhost"):
-                pats = tuple(p for arg in args for p in arg.split(",") if p)
-                if not _match_pattern_list(host, pats):
-                    return False
-            else:  # exec, user, localuser, canonical, final, ...: not evaluated here
-                return False
-        return True
-
-
-@dataclass(frozen=True)
-class _Setting:
-    keyword: str  # lower case
-    args: tuple[str, ...]
-    conditions: tuple[_Condition, ...]  # every one must apply (an Include inside a Host block nests)
-
-
-@dataclass
-class SSHConfig:
-    """A parsed configuration file (with its includes), ready for :meth:`lookup`."""
+    ``options`` is keyed by asyncssh's option names (``Hostname``, ``User``, ``Port``, ``IdentityFile``,
+    ``ProxyCommand``, ...); a key present with the value None was set to ``none``.
+    """
 
     path: Path
-    settings: list[_Setting] = field(default_factory=list)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    applied: frozenset[str] = frozenset()          # lower-case keywords that applied to the host
+    unknown: tuple[str, ...] = ()                  # keywords that applied but asyncssh does not implement
+    match_canonical: bool = False                  # a ``Match canonical`` block was seen
 
-    def lookup(self, host: str) -> dict[str, str | list[str]]:
-        """Settings that apply to ``host``, with tokens expanded (see the module docstring)."""
-        result: dict[str, str | list[str]] = {}
-        for setting in self.settings:
-            if not setting.args or not all(c.applies(host) for c in setting.conditions):
-                continue
-            if setting.keyword in LIST_KEYWORDS:
-                values = result.setdefault(setting.keyword, [])
-                assert isinstance(values, list)
-                values.append(setting.args[0])
-            elif setting.keyword not in result:
-                result[setting.keyword] = " ".join(setting.args)
-        _expand_tokens(result, host)
-        return result
+    def get(self, option: str, default: Any = None) -> Any:
+        return self.options.get(option, default)
 
-
-def parse(path: str | Path) -> SSHConfig:
-    """Read ``path`` (and the files it includes). Raises :class:`ConfigError` if it cannot be read."""
-    config = SSHConfig(Path(path))
-    _read(Path(path), config.settings, (), 0)
-    return config
-
-
-def lookup(host: str, path: Path) -> dict[str, str | list[str]]:
-    """The settings of the configuration file ``path`` that apply to ``host``."""
-    return parse(path).lookup(host)
-
-
-# --- reading ---------------------------------------------------------------------------------------
-
-
-def _read(path: Path, out: list[_Setting], outer: tuple[_Condition, ...], depth: int) -> None:
-    if depth > _MAX_INCLUDE_DEPTH:
-        raise ConfigError(f"Include nested more than {_MAX_INCLUDE_DEPTH} deep", file=str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a file", file=str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not valid UTF-8 ({exc.reason})", file=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=str(path)) from None
-
-    current = _Condition("all")
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        m = _LINE_RE.match(raw)
-        if not m or m.group(1).startswith("#"):
-            continue
-        keyword = m.group(1).lower()
-        try:
-            args = tuple(_split_args(m.group(2)))
-        except ValueError as exc:
-            raise ConfigError(str(exc), file=str(path), line=lineno, field=m.group(1)) from None
-        if keyword == "host":
-            current = _Condition("host", patterns=args)
-        elif keyword == "match":
-            current = _Condition("match", criteria=_parse_match(args))
-        elif keyword == "include":
-            for arg in args:
-                for included in _include_paths(arg):
-                    _read(included, out, (*outer, current), depth + 1)
-        else:
-            out.append(_Setting(keyword, args, (*outer, current)))
-
-
-def _split_args(text: str) -> list[str]:
-    """Split a value into words: whitespace separates, quotes group, ``#`` starts a comment."""
-    words: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch.isspace():
-            i += 1
-            continue
-        if ch == "#":
-            break
-        word: list[str] = []
-        while i < n and not text[i].isspace():
-            ch = text[i]
-            if ch in "\"'":
-                end = text.find(ch, i + 1)
-                if end < 0:
-                    raise ValueError("unterminated quote")
-                word.append(text[i + 1 : end])
-                i = end + 1
-            else:
-                word.append(ch)
-                i += 1
-        words.append("".join(word))
-    return words
-
-
-def _parse_match(args: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    criteria: list[tuple[str, tuple[str, ...]]] = []
-    i = 0
-    while i < len(args):
-        name = args[i].lower()
-        if name in ("all", "canonical", "final"):
-            criteria.append((name, ()))
-            i += 1
-        else:
-            criteria.append((name, args[i + 1 : i + 2]))
-            i += 2
-    return tuple(criteria)
-
-
-def _include_paths(arg: str) -> list[Path]:
-    expanded = os.path.expanduser(arg)
-    if not os.path.isabs(expanded):
-        expanded = os.path.join(os.path.expanduser("~/.ssh"), expanded)
-    return [Path(p) for p in sorted(glob.glob(expanded)) if os.path.isfile(p)]
-
-
-# --- matching --------------------------------------------------------------------------------------
-
-
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    parts = ("." if c == "?" else ".*" if c == "*" else re.escape(c) for c in pattern.lower())
-    return re.compile("".join(parts) + r"\Z", re.DOTALL)
-
-
-def _match_pattern_list(host: str, patterns: tuple[str, ...]) -> bool:
-    host = host.lower()
-    matched = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        if _pattern_regex(pattern[1:] if negated else pattern).match(host):
-            if negated:
-                return False
-            matched = True
-    return matched
-
-
-# --- tokens ----------------------------------------------------------------------------------------
-
-
-def _expand_tokens(result: dict[str, str | list[str]], host: str) -> None:
-    hostname = result.get("hostname")
-    if isinstance(hostname, str):
-        hostname = _substitute(hostname, {"h": host})
-        result["hostname"] = hostname
-    else:
-        hostname = host
-    identity = result.get("identityfile")
-    if not isinstance(identity, list):
-        return
-    local_user = _local_user()
-    user = result.get("user")
-    port = result.get("port")
-    tokens = {
-        "h": hostname,
-        "n": host,
-        "p": port if isinstance(port, str) else "22",
-        "r": user if isinstance(user, str) else local_user,
-        "u": local_user,
-        "d": os.path.expanduser("~"),
-        "l": socket.gethostname().split(".")[0],
-    }
-    result["identityfile"] = [os.path.expanduser(_substitute(p, tokens)) for p in identity]
-
-
-def _substitute(text: str, tokens: dict[str, str]) -> str:
-    def repl(m: re.Match[str]) -> str:
-        key = m.group(1)
-        if key == "%":
-            return "%"
-        return tokens.get(key, m.group(0))
-
-    return re.sub(r"%(.)", repl, text)
+    def has(self, option: str) -> bool:
+        return option in self.options
 
 
 def _local_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
-        return str(os.getuid()) if hasattr(os, "getuid") else "user"
+        return str(os.getuid())
+
+
+def _config_class() -> Any:
+    """asyncssh's client-config parser, with a record of the keywords it applied and skipped."""
+    from asyncssh.config import SSHClientConfig
+
+    class _Recording(SSHClientConfig):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.applied: set[str] = set()
+            self.unknown: dict[str, None] = {}
+            self.match_canonical = False
+            handlers = type(self)._handlers
+            recorder = self
+
+            class _Handlers(dict[str, tuple[str, Callable[..., None]]]):
+                # The parser looks a keyword up only where the current Host/Match block applies.
+                def __missing__(self, key: str) -> tuple[str, Callable[..., None]]:
+                    recorder.unknown.setdefault(recorder._spelling(key), None)
+                    raise KeyError(key)
+
+                def __getitem__(self, key: str) -> tuple[str, Callable[..., None]]:
+                    if key in ("host", "match", "include"):
+                        if key == "match":
+                            recorder._note_match()
+                        return dict.__getitem__(self, key)
+                    recorder.applied.add(key)
+                    return dict.__getitem__(self, key) if dict.__contains__(self, key) else self.__missing__(key)
+
+            self._handlers = _Handlers(handlers)
+            self._line_text = ""
+
+        def _spelling(self, key: str) -> str:
+            try:
+                with open(self._path, encoding="utf-8", errors="replace") as fh:
+                    for lineno, line in enumerate(fh, start=1):
+                        if lineno == self._line_no:
+                            word = re.split(r"[\s=]", line.strip(), maxsplit=1)[0]
+                            return word or key
+            except OSError:
+                pass
+            return key
+
+        def _note_match(self) -> None:
+            try:
+                with open(self._path, encoding="utf-8", errors="replace") as fh:
+                    for lineno, line in enumerate(fh, start=1):
+                        if lineno == self._line_no:
+                            words = [w.lower().lstrip("!") for w in shlex.split(line, comments=True)]
+                            if "canonical" in words[1:]:
+                                self.match_canonical = True
+                            return
+            except (OSError, ValueError):
+                pass
+
+    return _Recording
+
+
+def lookup(host: str, path: str | Path, *, user: str | None = None, port: int | None = None,
+           final: bool = False) -> HostConfig:
+    """The settings of ``path`` (and its includes) that apply to ``host``.
+
+    ``user`` and ``port`` are values the caller already has (they win, and they are what ``%r``/``%p`` and
+    ``Match user`` see). Raises :class:`ConfigError` naming the file and line for a malformed file.
+    """
+    from asyncssh.config import ConfigParseError
+    from asyncssh.misc import IllegalUserName
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError("is a directory, not a file", file=str(path))
+    if not path.exists():
+        raise ConfigError("file not found", file=str(path))
+    cls = _config_class()
+    try:
+        config = cls.load(None, [path], False, False, final, _local_user(),
+                          user if user is not None else (), host, port if port is not None else ())
+        if not final and config.has_match_final():
+            # asyncssh (like ssh) reads the file again for `Match final`; do the same.
+            again = cls.load(None, [path], False, False, True, _local_user(),
+                             user if user is not None else (), host, port if port is not None else ())
+            again.applied |= config.applied
+            again.unknown.update(config.unknown)
+            again.match_canonical |= config.match_canonical
+            config = again
+    except ConfigParseError as exc:
+        m = _PARSE_ERROR_RE.match(str(exc))
+        if m:
+            raise ConfigError(m.group("reason"), file=m.group("path"), line=int(m.group("line"))) from None
+        raise ConfigError(str(exc), file=str(path)) from None
+    except RecursionError:
+        raise ConfigError("Include loop (a file includes itself)", file=str(path)) from None
+    except IllegalUserName as exc:
+        raise ConfigError(str(exc), file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid UTF-8 ({exc.reason})", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=str(exc.filename or path)) from None
+    options: dict[str, Any] = dict(config._options)  # asyncssh keeps them there
+    return HostConfig(path=path, options=options, applied=frozenset(config.applied),
+                      unknown=tuple(config.unknown), match_canonical=config.match_canonical)
+
+
+def concrete_hosts(path: str | Path) -> list[str]:
+    """Aliases named on ``Host`` lines of ``path`` and its includes, patterns and negations left out."""
+    seen: dict[str, None] = {}
+    _scan_hosts(Path(path), seen, 0)
+    return list(seen)
+
+
+def _scan_hosts(path: Path, seen: dict[str, None], depth: int) -> None:
+    if depth > 16:
+        return
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            words = shlex.split(line.replace("=", " ", 1), comments=True)
+        except ValueError:
+            continue
+        if not words:
+            continue
+        keyword = words[0].lower()
+        if keyword == "host":
+            for pattern in (p for w in words[1:] for p in w.split(",")):
+                if pattern and not any(c in pattern for c in "*?!"):
+                    seen.setdefault(pattern, None)
+        elif keyword == "include":
+            for arg in words[1:]:
+                expanded = os.path.expanduser(arg)
+                if not os.path.isabs(expanded):
+                    expanded = os.path.join(os.path.expanduser("~/.ssh"), expanded)
+                for included in sorted(glob.glob(expanded)):
+                    _scan_hosts(Path(included), seen, depth + 1)

@@ -305,7 +305,7 @@ def test_ssh_config_alias_resolution(isolated: Path) -> None:
     pi = inv.machine("pi")
     assert (pi.host, pi.alias, pi.user, pi.port) == ("192.168.1.50", "pi", "pi", 2201)
     assert pi.identity_files == (f"{isolated}/.ssh/pi_192.168.1.50",)
-    assert pi.jump == JumpHost("gate.example.com", 2022, "jumper", (f"{isolated}/.ssh/gate_key",))
+    assert pi.jump == JumpHost("gate.example.com", 2022, "jumper", (f"{isolated}/.ssh/gate_key",), "gate")
     assert inv.machine("pi2").host == "192.168.1.50" and inv.machine("pi2").alias == "pi"
     box = inv.machine("box.lan")  # wildcard: only User comes from the config, the rest from defaults
     assert (box.host, box.alias, box.user, box.port, box.identity_files) == (
@@ -325,7 +325,7 @@ def test_machine_values_beat_ssh_config(isolated: Path) -> None:
         """, ssh_config=cfg)
     pi = inv.machine("pi")
     assert (pi.host, pi.user, pi.port, pi.identity_files) == ("192.168.1.50", "me", 22, ("/mine",))
-    assert pi.jump == JumpHost("gate.example.com", 2300, "me", (f"{isolated}/.ssh/gate_key",))
+    assert pi.jump == JumpHost("gate.example.com", 2300, "me", (f"{isolated}/.ssh/gate_key",), "gate")
     assert inv.machine("other").jump is None
 
 
@@ -346,7 +346,7 @@ def test_ssh_config_not_applied_to_local_machines(isolated: Path) -> None:
 def test_bad_port_in_ssh_config(isolated: Path) -> None:
     cfg = ssh_config(isolated, "Host pi\n  Port abc\n")
     err = error("machines:\n  pi: {}\n", ssh_config=cfg)
-    assert str(err) == f'machines.yaml:2: machines.pi: {cfg} sets Port "abc" for pi, expected 1-65535'
+    assert str(err) == f"{cfg}:2: Invalid Port integer value: abc (read for machines.pi, machines.yaml:2)"
 
 
 def test_explicit_ssh_config_missing(tmp_path: Path) -> None:

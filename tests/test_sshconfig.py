@@ -1,4 +1,5 @@
-"""~/.ssh/config lookups: patterns, negation, first value wins, Include, tokens."""
+"""~/.ssh/config lookups through asyncssh's parser: patterns, negation, first value wins, Include, tokens,
+the record of applied and unknown keywords, and errors naming file and line."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def opts(host: str, cfg: Path) -> dict[str, object]:
+    return dict(sshconfig.lookup(host, cfg).options)
+
+
 def test_alias_and_first_value_wins(home: Path) -> None:
-    cfg = write(
-        home / ".ssh" / "config",
-        """\
+    cfg = write(home / ".ssh" / "config", """\
         # comment
         Host pi
             HostName pi.lan
@@ -42,159 +45,113 @@ def test_alias_and_first_value_wins(home: Path) -> None:
             User nobody
             Port 22
             IdentityFile ~/.ssh/id_ed25519
-        """,
-    )
-    result = sshconfig.lookup("pi", cfg)
-    assert result["hostname"] == "pi.lan"
-    assert result["user"] == "pi"
-    assert result["port"] == "2222"
-    assert result["identityfile"] == [f"{home}/.ssh/pi_key", f"{home}/.ssh/id_ed25519"]
-    assert sshconfig.lookup("other", cfg) == {
-        "user": "nobody",
-        "port": "22",
-        "identityfile": [f"{home}/.ssh/id_ed25519"],
-    }
+        """)
+    assert opts("pi", cfg) == {"Hostname": "pi.lan", "User": "pi", "Port": 2222,
+                               "IdentityFile": ["~/.ssh/pi_key", "~/.ssh/id_ed25519"]}
+    assert opts("other", cfg) == {"User": "nobody", "Port": 22, "IdentityFile": ["~/.ssh/id_ed25519"]}
 
 
-def test_equals_form_quotes_case_insensitive_keywords_and_comments(tmp_path: Path) -> None:
-    cfg = write(
-        tmp_path / "config",
-        """\
-        HOST box
+def test_equals_form_quotes_and_case_insensitive_keywords(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "config", """\
+        Host box
           hostname=box.example.com
           USER = "build bot"
-          IdentityFile "/keys/my key"   # trailing comment
+          IdentityFile "/keys/my key"
           ProxyJump=jump@bastion:2200,second
-        """,
-    )
-    result = sshconfig.lookup("BOX", cfg)
-    assert result["hostname"] == "box.example.com"
-    assert result["user"] == "build bot"
-    assert result["identityfile"] == ["/keys/my key"]
-    assert result["proxyjump"] == "jump@bastion:2200,second"
+        """)
+    assert opts("box", cfg) == {"Hostname": "box.example.com", "User": "build bot",
+                                "IdentityFile": ["/keys/my key"], "ProxyJump": "jump@bastion:2200,second"}
+    assert opts("BOX", cfg) == {}       # Host patterns are case-sensitive, as in OpenSSH
 
 
 def test_wildcards_multiple_patterns_and_negation(tmp_path: Path) -> None:
-    cfg = write(
-        tmp_path / "config",
-        """\
+    cfg = write(tmp_path / "config", """\
         Host *.lan !secret.lan
             User lanuser
         Host build? ci-*
             Port 2022
         Host !only-negated
             User never
-        """,
-    )
-    assert sshconfig.lookup("pi.lan", cfg) == {"user": "lanuser"}
-    assert sshconfig.lookup("secret.lan", cfg) == {}
-    assert sshconfig.lookup("build1", cfg) == {"port": "2022"}
-    assert sshconfig.lookup("build12", cfg) == {}
-    assert sshconfig.lookup("ci-x", cfg) == {"port": "2022"}
-    assert sshconfig.lookup("only-negated", cfg) == {}
+        """)
+    assert opts("pi.lan", cfg) == {"User": "lanuser"}
+    assert opts("secret.lan", cfg) == {}
+    assert opts("build1", cfg) == {"Port": 2022}
+    assert opts("build12", cfg) == {}
+    assert opts("ci-x", cfg) == {"Port": 2022}
+    assert opts("only-negated", cfg) == {}
 
 
-def test_settings_before_any_host_apply_to_all(tmp_path: Path) -> None:
-    cfg = write(
-        tmp_path / "config",
-        """\
-        User everyone
-        Host a
-            User a-user
-        """,
-    )
-    assert sshconfig.lookup("a", cfg) == {"user": "everyone"}
-
-
-def test_match_all_and_host_and_unsupported_criteria(tmp_path: Path) -> None:
-    cfg = write(
-        tmp_path / "config",
-        """\
+def test_match_host_sees_hostname_originalhost_sees_alias(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "config", """\
+        Host pi
+            HostName 10.0.0.5
+        Match host pi
+            User wrong
+        Match host 10.0.0.*
+            Port 2200
+        Match originalhost pi
+            User right
         Match exec "true"
-            User from-exec
-        Match host web*,api
-            Port 8022
-        Match all
-            User everyone
-        """,
-    )
-    assert sshconfig.lookup("web1", cfg) == {"port": "8022", "user": "everyone"}
-    assert sshconfig.lookup("db", cfg) == {"user": "everyone"}
+            Compression yes
+        Match exec "false"
+            Compression no
+        """)
+    assert opts("pi", cfg) == {"Hostname": "10.0.0.5", "Port": 2200, "User": "right", "Compression": True}
+
+
+def test_applied_and_unknown_keywords(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "config", """\
+        Host a
+            LocalForward 8080 localhost:80
+            ServerAliveInterval 5
+        Host b
+            DynamicForward 1080
+        Match canonical
+            User x
+        """)
+    found = sshconfig.lookup("a", cfg)
+    assert found.unknown == ("LocalForward",)
+    assert {"serveraliveinterval", "localforward"} <= found.applied
+    assert found.match_canonical
+    assert sshconfig.lookup("b", cfg).unknown == ("DynamicForward",)
 
 
 def test_include_relative_to_dot_ssh_with_glob(home: Path) -> None:
-    write(
-        home / ".ssh" / "conf.d" / "10-pi.conf",
-        """\
-        Host pi
-            HostName 10.0.0.5
-        """,
-    )
-    write(
-        home / ".ssh" / "conf.d" / "20-all.conf",
-        """\
-        Host *
-            User included
-        """,
-    )
-    cfg = write(
-        home / ".ssh" / "config",
-        """\
+    write(home / ".ssh" / "conf.d" / "10-pi.conf", "Host pi\n    HostName 10.0.0.5\n")
+    write(home / ".ssh" / "conf.d" / "20-all.conf", "Host *\n    User included\n")
+    cfg = write(home / ".ssh" / "config", """\
         Include conf.d/*.conf
         Host pi
             HostName ignored.lan
             Port 2200
-        """,
-    )
-    assert sshconfig.lookup("pi", cfg) == {"hostname": "10.0.0.5", "user": "included", "port": "2200"}
-
-
-def test_include_inside_host_block_only_applies_there(home: Path) -> None:
-    write(home / ".ssh" / "extra", "User extra\n")
-    cfg = write(
-        home / ".ssh" / "config",
-        """\
-        Host special
-            Include extra
-        Host *
-            Port 2222
-        """,
-    )
-    assert sshconfig.lookup("special", cfg) == {"user": "extra", "port": "2222"}
-    assert sshconfig.lookup("plain", cfg) == {"port": "2222"}
+        """)
+    assert opts("pi", cfg) == {"Hostname": "10.0.0.5", "User": "included", "Port": 2200}
 
 
 def test_missing_include_is_ignored(home: Path) -> None:
     cfg = write(home / ".ssh" / "config", "Include nothing-here/*\nUser u\n")
-    assert sshconfig.lookup("x", cfg) == {"user": "u"}
+    assert opts("x", cfg) == {"User": "u"}
 
 
-def test_identity_file_tokens(home: Path) -> None:
-    cfg = write(
-        home / ".ssh" / "config",
-        """\
+def test_tokens(home: Path) -> None:
+    cfg = write(home / ".ssh" / "config", """\
         Host pi
-            HostName pi.lan
+            HostName %h.lan
             User pi
             IdentityFile %d/keys/%h-%r-%n-%p-%u
-            IdentityFile ~/literal%%percent
-        """,
-    )
-    assert sshconfig.lookup("pi", cfg)["identityfile"] == [
-        f"{home}/keys/pi.lan-pi-pi-22-alice",
-        f"{home}/literal%percent",
-    ]
+            ProxyCommand nc %h %p
+        """)
+    found = opts("pi", cfg)
+    assert found["Hostname"] == "pi.lan"
+    assert found["IdentityFile"] == [f"{home}/keys/pi.lan-pi-pi-22-alice"]
+    assert found["ProxyCommand"] == "nc pi.lan 22"
 
 
-def test_hostname_token(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "config", "Host *\n  HostName %h.example.com\n")
-    assert sshconfig.lookup("box", cfg)["hostname"] == "box.example.com"
-
-
-def test_parse_once_lookup_many(tmp_path: Path) -> None:
-    parsed = sshconfig.parse(write(tmp_path / "config", "Host a\n User x\nHost b\n User y\n"))
-    assert parsed.lookup("a") == {"user": "x"}
-    assert parsed.lookup("b") == {"user": "y"}
+def test_caller_user_and_port_win(home: Path) -> None:
+    cfg = write(home / ".ssh" / "config", "Host *\n  User cfg\n  Port 2\n  ProxyCommand x %r %p\n")
+    assert opts("h", cfg) == {"User": "cfg", "Port": 2, "ProxyCommand": "x cfg 2"}
+    assert dict(sshconfig.lookup("h", cfg, user="me", port=7).options) == {
+        "User": "me", "Port": 7, "ProxyCommand": "x me 7"}
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -203,14 +160,30 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     assert str(info.value) == f"{tmp_path / 'nope'}: file not found"
 
 
-def test_unterminated_quote_names_the_line(tmp_path: Path) -> None:
+def test_errors_name_the_line(tmp_path: Path) -> None:
     cfg = write(tmp_path / "config", 'Host a\n  User "oops\n')
     with pytest.raises(ConfigError) as info:
         sshconfig.lookup("a", cfg)
-    assert str(info.value) == f"{cfg}:2: User: unterminated quote"
+    assert str(info.value) == f"{cfg}:2: No closing quotation"
+    cfg = write(tmp_path / "config", "Host a\n  Port many\n")
+    with pytest.raises(ConfigError) as info:
+        sshconfig.lookup("a", cfg)
+    assert str(info.value) == f"{cfg}:2: Invalid Port integer value: many"
 
 
 def test_include_loop_is_refused(home: Path) -> None:
     cfg = write(home / ".ssh" / "config", "Include config\n")
-    with pytest.raises(ConfigError, match="Include nested more than 16 deep"):
+    with pytest.raises(ConfigError, match="Include loop"):
         sshconfig.lookup("a", cfg)
+
+
+def test_concrete_hosts(home: Path) -> None:
+    write(home / ".ssh" / "more", "Host extra\n")
+    cfg = write(home / ".ssh" / "config", """\
+        Host pi pi2,box *.lan !secret build?
+            User x
+        Host = eq
+        Include more
+        Match host zzz
+        """)
+    assert sshconfig.concrete_hosts(cfg) == ["pi", "pi2", "box", "eq", "extra"]

@@ -12,6 +12,7 @@ differs from the recorded one is always refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import shlex
@@ -102,6 +103,54 @@ def _record_host_key(known_hosts: Path, host: str, port: int, key: asyncssh.SSHK
     line = f"{_known_host_pattern(host, port)} {key.export_public_key('openssh').decode().strip()}\n"
     with known_hosts.open("a", encoding="utf-8") as fh:
         fh.write(line)
+
+
+class _Proxy:
+    """A ProxyCommand: run as ssh runs it (``/bin/sh -c "exec …"``, in its own session), talking SSH on one
+    end of a socket pair; its stderr is kept (the last lines) for the error message."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket) -> None:
+        self.proc = proc
+        self.sock = sock
+        self._stderr: list[str] = []
+        self._reader = asyncio.ensure_future(self._read_stderr())
+
+    @classmethod
+    async def start(cls, command: str) -> _Proxy:
+        ours, theirs = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", "exec " + command, stdin=theirs.fileno(), stdout=theirs.fileno(),
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(proc, ours)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self._stderr = [*self._stderr[-4:], line.decode(errors="replace").strip()]
+
+    def stderr_note(self) -> str:
+        lines = [line for line in self._stderr if line]
+        return f" (ProxyCommand said: {lines[-1]})" if lines else ""
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 2)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reader, 1)
+        self.sock.close()
 
 
 class SshProcess:
@@ -214,6 +263,8 @@ class SshTransport:
         self.learned_limit: int | None = None     # sshd's MaxSessions, once it refused a channel
         self._conns: list[_Connection] = []
         self._tunnel: Any = None
+        self._hops: list[Any] = []
+        self._proxies: list[_Proxy] = []
         self._lock = asyncio.Lock()
         self._capacity = asyncio.Condition()
         self._closed = False
@@ -221,10 +272,17 @@ class SshTransport:
         self._sftp_client: asyncio.Future[Any] | None = None
 
     # -- connecting ---------------------------------------------------------------------------
-    async def _open(self, host: str, port: int, user: str | None, identity_files: Sequence[str],
-                    known_hosts: Path, timeout: float, tunnel: Any = None, *, budget: float | None = None) -> Any:
+    async def _open(self, hop: JumpHost, timeout: float, tunnel: Any = None,
+                    proxy_command: str | None = None, *, budget: float | None = None) -> Any:
+        """One SSH connection to ``hop`` (the machine itself, or one of its jump hosts)."""
+        m = self.machine
+        known_hosts = Path(m.known_hosts)
         client = _Client(known_hosts, self.accept_new)
-        agent = os.environ.get("SSH_AUTH_SOCK") or None
+        if m.identity_agent == "none":
+            agent: str | None = None
+        else:
+            agent = m.identity_agent or os.environ.get("SSH_AUTH_SOCK") or None
+        identity_files = hop.identity_files
         keys = [f for f in identity_files if os.path.exists(f)]
         missing = [f for f in identity_files if not os.path.exists(f)]
         if identity_files and not keys and not agent:
@@ -235,21 +293,45 @@ class SshTransport:
         # turn public-key authentication off). With an agent, an encrypted key file is skipped: its key may
         # be in the agent, and fleetshard never prompts for a passphrase.
         client_keys: list[str] | tuple[()] = keys or ()
-        # A known_hosts file that does not exist yet trusts nothing (never "no verification").
-        trusted: Any = str(known_hosts) if known_hosts.exists() else asyncssh.import_known_hosts("")
+        certs = [f for f in m.certificate_files if os.path.exists(f)]
+        # Known-hosts files that do not exist yet trust nothing (never "no verification").
+        trusted_files = [f for f in (m.known_hosts, *m.extra_known_hosts) if os.path.isfile(f)]
+        trusted: Any = trusted_files or asyncssh.import_known_hosts("")
+        # With an OpenSSH config file, asyncssh reads it for this host too (the settings fleetshard has no
+        # inventory key for: Ciphers, KexAlgorithms, HostKeyAlias, GSSAPI...); every value the inventory
+        # resolved is passed explicitly, so the documented precedence holds.
+        use_config = m.ssh_config is not None
+        dest = (hop.alias or hop.host) if use_config else hop.host
+        keepalive = m.server_alive_interval if m.server_alive_interval is not None else max(1.0, budget or timeout)
         options: dict[str, Any] = dict(
-            port=port, username=user or _local_user(), known_hosts=trusted, client_keys=client_keys,
-            ignore_encrypted=agent is not None, config=[], connect_timeout=timeout,
-            keepalive_interval=max(1.0, budget or timeout), keepalive_count_max=KEEPALIVE_COUNT_MAX,
-            tunnel=tunnel, passphrase=None, encryption_algs=list(ENCRYPTION_ALGS),
-            agent_path=agent,
+            port=hop.port, username=hop.user or _local_user(), known_hosts=trusted, client_keys=client_keys,
+            client_certs=certs, ignore_encrypted=agent is not None,
+            config=[m.ssh_config] if m.ssh_config else [], connect_timeout=timeout,
+            keepalive_interval=keepalive, keepalive_count_max=m.server_alive_count_max or KEEPALIVE_COUNT_MAX,
+            tunnel=tunnel, passphrase=None, agent_path=agent, canonicalize_hostname=False, proxy_command=None,
         )
-        target = f"{options['username']}@{host}:{port}"
+        if "ciphers" not in m.from_ssh_config:
+            options["encryption_algs"] = list(ENCRYPTION_ALGS)
+        via = f" through ProxyCommand {proxy_command!r}" if proxy_command else ""
+        target = f"{options['username']}@{hop.host}:{hop.port}{via}"
+        proxy: _Proxy | None = None
         try:
-            conn, _ = await asyncio.wait_for(asyncssh.create_connection(lambda: client, host, **options), timeout + 1)
-            return conn
+            try:
+                if proxy_command:
+                    proxy = await _Proxy.start(proxy_command)
+                    self._proxies.append(proxy)
+                    options["sock"] = proxy.sock
+                conn, _ = await asyncio.wait_for(asyncssh.create_connection(lambda: client, dest, **options),
+                                                 timeout + 1)
+                return conn
+            except BaseException:
+                if proxy is not None:
+                    await proxy.stop()
+                    via += proxy.stderr_note()
+                    target += proxy.stderr_note()
+                raise
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise self._host_key_error(client, host, port, known_hosts) from exc
+            raise self._host_key_error(client, hop.host, hop.port, known_hosts) from exc
         except asyncssh.PermissionDenied as exc:
             tried = ", ".join(keys) if keys else "the default keys ~/.ssh/id_*"
             if agent:
@@ -265,13 +347,13 @@ class SshTransport:
             raise AuthError(f"{self.name}: cannot read identity file: {_reason(exc)}",
                             machine=self.name) from exc
         except TimeoutError as exc:
-            raise ConnectError(f"{self.name}: no answer from {host}:{port} within {budget or timeout:g} s",
+            raise ConnectError(f"{self.name}: no answer from {hop.host}:{hop.port}{via} within {budget or timeout:g} s",
                                machine=self.name) from exc
         except socket.gaierror as exc:
-            raise ConnectError(f"{self.name}: cannot resolve host {host!r}: {exc.strerror}",
+            raise ConnectError(f"{self.name}: cannot resolve host {hop.host!r}: {exc.strerror}",
                                machine=self.name) from exc
         except ConnectionRefusedError as exc:
-            raise ConnectError(f"{self.name}: connection refused by {host}:{port} (is sshd running?)",
+            raise ConnectError(f"{self.name}: connection refused by {hop.host}:{hop.port} (is sshd running?)",
                                machine=self.name) from exc
         except (OSError, asyncssh.Error) as exc:
             raise ConnectError(f"{self.name}: cannot connect to {target}: {_reason(exc)}",
@@ -280,8 +362,8 @@ class SshTransport:
             raise HostKeyError(f"{self.name}: cannot check the host key against {known_hosts}: {_reason(exc)}",
                                machine=self.name) from exc
 
-    async def _open_retrying(self, host: str, port: int, user: str | None, identity_files: Sequence[str],
-                             known_hosts: Path, budget: float, tunnel: Any = None) -> Any:
+    async def _open_retrying(self, hop: JumpHost, budget: float, tunnel: Any = None,
+                             proxy_command: str | None = None) -> Any:
         """Connect, retrying refused, reset and timed-out attempts with tenacity's exponential backoff
         until ``budget`` seconds (the machine's connect_timeout) are spent: an sshd that restarts or
         starts a moment late is reached. Refused keys and authentication are never retried."""
@@ -297,8 +379,7 @@ class SshTransport:
         async for attempt in retrying:
             with attempt:
                 remaining = max(deadline - loop.time(), CONNECT_BACKOFF)
-                return await self._open(host, port, user, identity_files, known_hosts, remaining, tunnel,
-                                        budget=budget)
+                return await self._open(hop, remaining, tunnel, proxy_command, budget=budget)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _host_key_error(self, client: _Client, host: str, port: int, known_hosts: Path) -> HostKeyError:
@@ -317,21 +398,31 @@ class SshTransport:
     async def _new_connection(self) -> _Connection:
         m = self.machine
         tunnel = None
-        if m.jump is not None:
-            if self._tunnel is None:
-                self._tunnel = await self._open_jump(m.jump)
+        if m.jumps:
+            if self._tunnel is None or self._tunnel.is_closed():
+                self._tunnel = await self._open_jumps()
             tunnel = self._tunnel
         assert m.host is not None
-        conn = await self._open_retrying(m.host, m.port, m.user, m.identity_files, Path(m.known_hosts),
-                                         m.connect_timeout, tunnel)
+        me = JumpHost(m.host, m.port, m.user, m.identity_files, m.alias)
+        conn = await self._open_retrying(me, m.connect_timeout, tunnel, None if tunnel else m.proxy_command)
         wrapper = _Connection(self, conn)
         self._conns.append(wrapper)
         return wrapper
 
-    async def _open_jump(self, jump: JumpHost) -> Any:
-        return await self._open_retrying(jump.host, jump.port, jump.user, jump.identity_files or
-                                         self.machine.identity_files, Path(self.machine.known_hosts),
-                                         self.machine.connect_timeout)
+    async def _open_jumps(self) -> Any:
+        """The ProxyJump chain, hop by hop: each hop is reached through the one before it."""
+        conn: Any = None
+        for hop in self.machine.jumps:
+            try:
+                nxt = await self._open_retrying(hop, self.machine.connect_timeout, conn)
+            except BaseException:
+                for c in self._hops:
+                    c.close()
+                self._hops = []
+                raise
+            self._hops.append(nxt)
+            conn = nxt
+        return conn
 
     async def connect(self) -> float:
         start = time.perf_counter()
@@ -513,9 +604,13 @@ class SshTransport:
             except (TimeoutError, asyncssh.Error, OSError):
                 pass
         self._conns = []
-        if self._tunnel is not None:
-            self._tunnel.close()
-            self._tunnel = None
+        for hop in reversed(self._hops):
+            hop.close()
+        self._hops = []
+        self._tunnel = None
+        for proxy in self._proxies:
+            await proxy.stop()
+        self._proxies = []
 
 
 def _local_user() -> str:
