@@ -68,6 +68,9 @@ class ShardFinished:
     log_path: str
     tail: tuple[str, ...] = ()        # last lines of output, for failure announcements
     speculative: bool = False
+    command: str = ""                 # the command as run ("" when it never started)
+    junit_path: str | None = None     # local copy of the attempt's JUnit XML
+    artifacts: tuple[str, ...] = ()   # local copies of the attempt's artifacts
 
     @property
     def duration(self) -> float:

@@ -1,40 +1,27 @@
-"""Per-machine workspace steps around the shards, and what a run tells the outside world.
+"""Per-machine workspace steps around the shards, each given a machine handle.
 
 - prepare: create the workdir, copy ``suite.sync`` into it, run ``suite.setup`` (once per machine);
 - teardown: run ``suite.teardown`` once per prepared machine, also after failures and Ctrl-C;
-- artifacts: download ``suite.artifacts`` globs after each shard;
-- CI: a GitHub step summary and ``::error`` annotations; a webhook notification.
+- artifacts: download ``suite.artifacts`` globs after each shard.
 
-A failing setup is an infrastructure failure of that machine; a failing teardown, artifact download or
-webhook is a warning. None of them ever fails the run on its own.
+A failing setup is an infrastructure failure of that machine; a failing teardown or artifact download
+is a warning. None of them ever fails the run on its own.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
 import shlex
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectError
+from .machines import MachineHandle
 from .model import Shard
-from .record import RunRecord
 from .suite import render
 from .transport.base import remote_path
 
-if TYPE_CHECKING:
-    from .runner import Run, _MachineState
-
 ARTIFACT_MAX_BYTES = 200 * 1024 * 1024
 SYNC_SKIP = frozenset({".git", ".hg", ".svn", ".fleetshard"})   # never copied by suite.sync
-
-
-def _workdir(st: _MachineState) -> str:
-    return st.workdir
 
 
 def _last_line(text: str) -> str:
@@ -45,13 +32,14 @@ def _last_line(text: str) -> str:
 TEARDOWN_TIMEOUT = 300.0       # a hanging teardown must not hold the exit (after Ctrl-C, say) for long
 
 
-async def _step(run: Run, st: _MachineState, what: str, command: str) -> str | None:
+async def _step(st: MachineHandle, what: str, command: str) -> str | None:
     """Run a setup/teardown command with the run's env, log its output; why it failed, or None."""
-    env = run._env(st, None, 0, None)
-    timeout = run.suite.config.timeout if run.suite else None
+    run = st.ctx
+    env = st.env()
+    timeout = run.suite.config.timeout
     if what == "teardown":
         timeout = min(timeout or TEARDOWN_TIMEOUT, TEARDOWN_TIMEOUT)
-    result, out = await st.transport.run(command, cwd=_workdir(st), env=env, timeout=timeout)
+    result, out = await st.transport.run(command, cwd=st.workdir, env=env, timeout=timeout)
     log = run.run_dir / "logs" / f"{what}-{st.machine.name}.log"
     log.write_text(f"# {st.machine.name}: {command}\n{out}", encoding="utf-8")
     if result.exit_status == 0:
@@ -62,15 +50,15 @@ async def _step(run: Run, st: _MachineState, what: str, command: str) -> str | N
     return f"{what} failed on {st.machine.name} ({why}){': ' + last if last else ''} (log: {log})"
 
 
-async def prepare_machine(run: Run, st: _MachineState) -> str | None:
+async def prepare_machine(st: MachineHandle) -> str | None:
     """Make the machine ready for its first shard. Returns why it cannot run shards, or None."""
-    assert run.suite is not None
+    run = st.ctx
     cfg = run.suite.config
     needs_dir = st.machine.workdir is not None
     if needs_dir:
-        result, out = await st.transport.run(f"mkdir -p -- {remote_path(_workdir(st))}", timeout=30)
+        result, out = await st.transport.run(f"mkdir -p -- {remote_path(st.workdir)}", timeout=30)
         if result.exit_status != 0:
-            return f"cannot create workdir {_workdir(st)} on {st.machine.name}: {result.error or _last_line(out)}"
+            return f"cannot create workdir {st.workdir} on {st.machine.name}: {result.error or _last_line(out)}"
     if cfg.sync:
         try:
             copied = await sync_dir(run.inv.base_dir / cfg.sync, st)
@@ -79,17 +67,18 @@ async def prepare_machine(run: Run, st: _MachineState) -> str | None:
         run.notice(f"{st.machine.name}: synced {copied} changed file(s) from {cfg.sync}", machine=st.machine.name)
     if cfg.setup:
         run.notice(f"{st.machine.name}: running setup", machine=st.machine.name)
-        problem = await _step(run, st, "setup", cfg.setup)
+        problem = await _step(st, "setup", cfg.setup)
         if problem:
             return problem
     return None
 
 
-async def teardown_machine(run: Run, st: _MachineState) -> None:
-    if run.suite is None or not run.suite.config.teardown or st.ready is None:
+async def teardown_machine(st: MachineHandle) -> None:
+    run = st.ctx
+    if not run.suite.config.teardown or not st.prepared:
         return
     try:
-        problem = await _step(run, st, "teardown", run.suite.config.teardown)
+        problem = await _step(st, "teardown", run.suite.config.teardown)
     except ConnectError as exc:
         problem = f"teardown on {st.machine.name} not run: {exc}"
     if problem:
@@ -106,7 +95,7 @@ def _static_prefix(pattern: str) -> str:
     return "/".join(parts) or "."
 
 
-async def _remote_listing(st: _MachineState, root: str, under: list[str] | None = None
+async def _remote_listing(st: MachineHandle, root: str, under: list[str] | None = None
                           ) -> dict[str, tuple[int, int]] | None:
     """path -> (size, mtime) of the files below ``under`` (default: all) in ``root`` on the machine;
     None when the listing failed (no GNU find)."""
@@ -127,11 +116,11 @@ async def _remote_listing(st: _MachineState, root: str, under: list[str] | None 
     return listing
 
 
-async def sync_dir(local: Path, st: _MachineState) -> int:
+async def sync_dir(local: Path, st: MachineHandle) -> int:
     """Copy the files of ``local`` that are new or changed (size or mtime) into the machine's workdir."""
     if not local.is_dir():
         raise OSError(f"{local} is not a directory")
-    remote = await _remote_listing(st, _workdir(st)) or {}
+    remote = await _remote_listing(st, st.workdir) or {}
     changed: list[str] = []
     dirs: set[str] = set()
     for path in sorted(local.rglob("*")):
@@ -149,18 +138,19 @@ async def sync_dir(local: Path, st: _MachineState) -> int:
             dirs.add(rel.rsplit("/", 1)[0])
     ordered = sorted(dirs)
     for i in range(0, len(ordered), 200):                     # keep each command line short
-        made = " ".join(remote_path(f"{_workdir(st)}/{d}") for d in ordered[i:i + 200])
+        made = " ".join(remote_path(f"{st.workdir}/{d}") for d in ordered[i:i + 200])
         result, out = await st.transport.run(f"mkdir -p -- {made}", timeout=60)
         if result.exit_status != 0:
-            raise OSError(f"cannot create directories in {_workdir(st)}: {result.error or _last_line(out)}")
+            raise OSError(f"cannot create directories in {st.workdir}: {result.error or _last_line(out)}")
     for rel in changed:
-        await st.transport.put_file(str(local / rel), f"{_workdir(st)}/{rel}")
+        await st.transport.put_file(str(local / rel), f"{st.workdir}/{rel}")
     return len(changed)
 
 
-async def collect_artifacts(run: Run, st: _MachineState, shard: Shard, attempt: int) -> list[str]:
+async def collect_artifacts(st: MachineHandle, shard: Shard, attempt: int) -> list[str]:
     """Download the suite's artifact globs after a shard; never raises. Returns local paths."""
-    if run.suite is None or not run.suite.config.artifacts:
+    run = st.ctx
+    if not run.suite.config.artifacts:
         return []
     values = {"shard": str(shard.index), "attempt": str(attempt), "run_id": run.run_id,
               "machine": st.machine.name}
@@ -168,116 +158,21 @@ async def collect_artifacts(run: Run, st: _MachineState, shard: Shard, attempt: 
     dest = run.run_dir / "artifacts" / st.machine.name / shard.id
     saved: list[str] = []
     try:
-        listing = await _remote_listing(st, _workdir(st), [_static_prefix(g) for g in globs])
+        listing = await _remote_listing(st, st.workdir, [_static_prefix(g) for g in globs])
         if listing is None:
-            run.notes.append(f"{st.machine.name}: artifacts not listed (needs GNU find)")
+            run.note(f"{st.machine.name}: artifacts not listed (needs GNU find)")
             return []
         for rel, (size, _) in sorted(listing.items()):
             if not any(fnmatch.fnmatchcase(rel, g) for g in globs):
                 continue
             if size > ARTIFACT_MAX_BYTES:
-                run.notes.append(f"{shard.id}: artifact {rel} skipped ({size} bytes)")
+                run.note(f"{shard.id}: artifact {rel} skipped ({size} bytes)")
                 continue
             target = dest / rel
             if not target.resolve().is_relative_to(dest.resolve()):
                 continue                          # a remote name must not write outside the run directory
-            if await st.transport.get_file(f"{_workdir(st)}/{rel}", str(target)):
+            if await st.transport.get_file(f"{st.workdir}/{rel}", str(target)):
                 saved.append(str(target))
     except Exception as exc:  # artifacts never fail the run
-        run.notes.append(f"{shard.id}: artifacts from {st.machine.name} not collected: {exc}")
+        run.note(f"{shard.id}: artifacts from {st.machine.name} not collected: {exc}")
     return saved
-
-
-# -- the outside world -------------------------------------------------------------------------------
-def summary_markdown(record: RunRecord) -> str:
-    c = record.counts()
-    verdict = {0: "passed", 1: "tests failed", 3: "infrastructure failure", 130: "interrupted"}.get(
-        record.exit_code, f"exit {record.exit_code}")
-    lines = [f"## fleetshard: {verdict}", "",
-             f"Run `{record.run_id}`: {c['passed']} passed, {c['failed']} failed, {c['flaky']} flaky, "
-             f"{c['not_run']} not run, {c['retries']} retries, in {record.duration:.0f} s "
-             f"(exit {record.exit_code}).",
-             "", "| machine | status | shards | passed | failed | busy |", "|---|---|---|---|---|---|"]
-    for m in record.machines:
-        mine = [a for a in record.attempts if a.machine == m.name]
-        busy = sum(a.duration for a in mine)
-        lines.append(f"| {m.name} | {m.status} | {len(mine)} | {sum(a.outcome == 'passed' for a in mine)} | "
-                     f"{sum(a.outcome == 'tests-failed' for a in mine)} | {busy:.0f} s |")
-    failed = [s for s in record.shards if s.state != "passed"]
-    if failed:
-        lines += ["", "### Failures", ""]
-        for s in failed:
-            lines.append(f"- `{s.id}` {s.state}: {s.reason or 'tests failed'}"
-                         f"{' (' + ', '.join(s.files[:5]) + ')' if s.files else ''}")
-    flaky = [f"{t.classname}.{t.name}" for t in record.tests if t.flaky] or [
-        f"shard {s.id}" for s in record.shards if s.flaky]
-    if flaky:
-        lines += ["", "### Flaky", ""]
-        lines += [f"- `{name}`" for name in flaky]
-    return "\n".join(lines) + "\n"
-
-
-def _annotation(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _annotation_property(text: str) -> str:
-    return _annotation(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def error_annotation(message: str, *, title: str, file: str | None = None) -> str:
-    """A GitHub Actions ``::error`` workflow command."""
-    props = ([f"file={_annotation_property(file)}"] if file else []) + [f"title={_annotation_property(title)}"]
-    return f"::error {','.join(props)}::{_annotation(message)}"
-
-
-def ci_outputs(run: Run, record: RunRecord) -> None:
-    """GitHub Actions: a step summary when GITHUB_STEP_SUMMARY is set; ::error annotations."""
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        try:
-            with open(summary, "a", encoding="utf-8") as fh:
-                fh.write(summary_markdown(record))
-        except OSError as exc:
-            run.notice(f"GITHUB_STEP_SUMMARY not written: {exc}", "warning")
-    if os.environ.get("GITHUB_ACTIONS") == "true":
-        failed_tests = [t for t in record.tests if t.outcome in ("failed", "error")]
-        for t in failed_tests:
-            print(error_annotation(t.message or "failed", file=t.file,
-                                   title=f"{t.classname}.{t.name} failed on {t.machine}"), flush=True)
-        for s in record.shards:
-            if s.state == "not-run" or (s.state == "failed" and not failed_tests):
-                print(error_annotation(s.reason or s.state, title=f"fleetshard: shard {s.id} {s.state}"), flush=True)
-
-
-def notification(record: RunRecord) -> dict[str, Any]:
-    c = record.counts()
-    verdict = {0: "passed", 1: "failed", 3: "infrastructure failure", 130: "interrupted"}.get(
-        record.exit_code, "failed")
-    failures = [{"shard": s.id, "state": s.state, "reason": s.reason, "files": s.files}
-                for s in record.shards if s.state != "passed"]
-    report = str(Path(record.run_dir) / "report.json")
-    return {
-        "text": f"fleetshard run {record.run_id}: {verdict} (exit {record.exit_code}): "
-                f"{c['passed']} passed, {c['failed']} failed, {c['flaky']} flaky, {c['not_run']} not run "
-                f"in {record.duration:.0f} s",
-        "run_id": record.run_id, "verdict": verdict, "exit_code": record.exit_code, "counts": c,
-        "duration": record.duration, "failures": failures,
-        "flaky": [s.id for s in record.shards if s.flaky] + [t.name for t in record.tests if t.flaky],
-        "report": report,
-    }
-
-
-def notify(run: Run, record: RunRecord) -> None:
-    url = run.opts.notify or run.inv.notify
-    if not url:
-        return
-    body = json.dumps(notification(record)).encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-    except Exception as exc:  # a webhook never fails a run; its URL (a secret) is never printed
-        run.notice(f"notification to webhook failed: {type(exc).__name__}: {str(exc).replace(url, '***')}",
-                   "warning")

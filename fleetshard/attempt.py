@@ -1,0 +1,227 @@
+"""One shard attempt: start, stream, timeout, classify, TERM->KILL, JUnit and artifact download.
+
+An attempt sees its machine handle and the run context, never the coordinator. Whatever happens, it
+emits exactly one :class:`ShardFinished` for itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from .context import RunContext
+from .errors import ConnectError
+from .events import OutputLine, ShardFinished, ShardStarted
+from .machines import MachineHandle
+from .model import Outcome, Shard
+from .scheduler import ShardRunning
+from .suite import junit_path, shard_command
+from .transport import RemoteProcess
+from .transport.base import ProcessResult
+
+TAIL_LINES = 20
+
+
+class _NotStarted(Exception):
+    """The attempt was cancelled before its process started."""
+
+
+@dataclass
+class _Gathered:
+    """What one attempt has gathered so far; read when it ends, however it ends."""
+
+    started: float
+    log_path: Path
+    command: str = ""
+    junit_remote: str | None = None
+    ended: float | None = None
+    result: ProcessResult = field(default_factory=lambda: ProcessResult(None))
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+
+
+@dataclass(eq=False)
+class Attempt:
+    """One launched attempt of a shard on a machine."""
+
+    ctx: RunContext
+    handle: MachineHandle
+    shard: Shard
+    number: int
+    speculative: bool = False
+    proc: RemoteProcess | None = None
+    wait: asyncio.Future[ProcessResult] | None = None
+    cancel_reason: str | None = None
+    killing: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def machine(self) -> str:
+        return self.handle.name
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.shard.id, self.number
+
+    def launch(self) -> None:
+        self.task = asyncio.create_task(self.run())
+
+    def cancel(self, reason: str) -> None:
+        """Stop it (TERM, then KILL after the grace period); it still reports its one ShardFinished."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            self.killing = asyncio.create_task(self.stop())
+
+    @property
+    def done(self) -> bool:
+        return self.task is None or self.task.done()
+
+    async def run(self) -> None:
+        """Run the attempt. Whatever happens, exactly one ShardFinished comes back for it."""
+        ctx, h, shard = self.ctx, self.handle, self.shard
+        run = _Gathered(started=ctx.now(),
+                        log_path=ctx.run_dir / "logs" / f"{shard.id}-{self.number}-{h.name}.log")
+        outcome, reason = Outcome.INFRA_FAILED, "internal error"
+        junit_local = None
+        artifacts: list[str] = []
+        try:
+            with open(run.log_path, "w", encoding="utf-8") as log:
+                try:
+                    outcome, reason = await self._body(log, run)
+                except ConnectError as exc:
+                    outcome, reason = Outcome.INFRA_FAILED, str(exc)
+                except _NotStarted:
+                    outcome, reason = Outcome.CANCELLED, self.cancel_reason or "cancelled"
+                except Exception as exc:  # a bug or an unexpected library error must never lose a shard
+                    outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
+                    if self.wait is not None:
+                        await self.stop()
+                if reason:
+                    log.write(f"# {outcome}: {reason}\n")
+            run.ended = ctx.now()           # busy time and learned durations exclude the downloads below
+            if outcome is Outcome.INFRA_FAILED and run.result.error and h.status != "lost":
+                await h.check_lost(run.result.error)
+            if outcome.is_infra and h.status == "healthy":
+                # shown in its row; still takes work until drained or lost
+                h.set_status("degraded", reason, publish=True)
+            if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
+                junit_local = await self._fetch_junit(run.junit_remote)
+                from .workspace import collect_artifacts
+
+                artifacts = await collect_artifacts(h, shard, self.number)
+        except Exception as exc:
+            if outcome is Outcome.PASSED or not reason:
+                outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
+            ctx.note(f"{shard.id} attempt {self.number}: {type(exc).__name__}: {exc}")
+        finally:
+            ended = run.ended if run.ended is not None else ctx.now()
+            result = run.result
+            ctx.emit(ShardFinished(
+                machine=h.name, shard=shard, attempt=self.number, outcome=outcome,
+                exit_status=result.exit_status, signal=result.signal, reason=reason, started_at=run.started,
+                at=ended, log_path=str(run.log_path), tail=tuple(run.tail), speculative=self.speculative,
+                command=run.command, junit_path=junit_local, artifacts=tuple(artifacts)))
+
+    async def _body(self, log: TextIO, run: _Gathered) -> tuple[Outcome, str]:
+        from .workspace import prepare_machine
+
+        ctx, h, shard = self.ctx, self.handle, self.shard
+        suite = ctx.suite
+        problem = await h.ready(prepare_machine)
+        if problem is not None:
+            raise ConnectError(problem)
+        if suite.uses_junit:
+            run.junit_remote = junit_path(suite, run_id=ctx.run_id, shard=shard, attempt=self.number)
+        run.command = shard_command(suite, shard=shard, machine=h.name, run_id=ctx.run_id,
+                                    attempt=self.number, junit=run.junit_remote or "")
+        log.write(f"# {h.name}: {run.command}\n")
+        stream, publish, tail, now = ctx.opts.stream, ctx.publish, run.tail, ctx.now
+        shard_id, number, machine = shard.id, self.number, h.name
+
+        def on_line(line: str) -> None:
+            log.write(line + "\n")
+            tail.append(line)
+            if stream:
+                publish(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line, at=now()))
+
+        if self.cancel_reason is not None:
+            raise _NotStarted
+        self.proc = await h.transport.start(run.command, cwd=h.workdir,
+                                            env=h.env(shard, self.number, run.junit_remote), on_line=on_line)
+        self.wait = asyncio.ensure_future(self.proc.wait())
+        run.started = ctx.now()
+        ctx.emit(ShardRunning(shard_id=shard.id, attempt=self.number, machine=h.name, at=run.started))
+        ctx.publish(ShardStarted(machine=h.name, shard=shard, attempt=self.number, command=run.command,
+                                 log_path=str(run.log_path), at=run.started, speculative=self.speculative))
+        if self.cancel_reason is not None and (self.killing is None or self.killing.done()):
+            self.killing = asyncio.create_task(self.stop())      # cancelled while it was starting
+        timed_out = False
+        try:
+            run.result = await asyncio.wait_for(asyncio.shield(self.wait), ctx.timeout)
+        except TimeoutError:
+            timed_out = True
+            await self.stop()
+            run.result = await self.wait
+        return self.classify(run.result, timed_out)
+
+    def classify(self, result: ProcessResult, timed_out: bool) -> tuple[Outcome, str]:
+        if timed_out:
+            return Outcome.TIMED_OUT, f"timed out after {self.ctx.timeout:g} s"
+        if self.cancel_reason is not None:
+            return Outcome.CANCELLED, self.cancel_reason
+        if result.error == "workdir is missing":
+            return Outcome.INFRA_FAILED, f"workdir {self.handle.workdir} is missing"
+        if result.error:
+            return Outcome.INFRA_FAILED, result.error
+        if result.signal:
+            return Outcome.INFRA_FAILED, f"killed by signal {result.signal}"
+        status = result.exit_status
+        if status == 0:
+            return Outcome.PASSED, ""
+        if status in self.ctx.inv.retry.infra_exit_codes:
+            return Outcome.INFRA_FAILED, f"exit code {status} (configured as an infrastructure failure)"
+        return Outcome.TESTS_FAILED, f"exit code {status}"
+
+    async def _fetch_junit(self, remote: str | None) -> str | None:
+        if remote is None:
+            return None
+        ctx, h, shard, attempt = self.ctx, self.handle, self.shard, self.number
+        full = remote if remote.startswith(("/", "~")) else f"{h.workdir}/{remote}"
+        local = ctx.run_dir / "junit" / f"{shard.id}-{attempt}.xml"
+        try:
+            found = await h.transport.get_file(full, str(local))
+        except (ConnectError, OSError) as exc:
+            ctx.note(f"{shard.id} attempt {attempt}: JUnit not collected from {h.name}: {exc}")
+            return None
+        except Exception as exc:  # an SFTP error must not lose the run
+            ctx.note(f"{shard.id} attempt {attempt}: JUnit not collected: {exc}")
+            return None
+        if not found:
+            ctx.note(f"shard {shard.id} attempt {attempt} produced no JUnit XML at {full} on {h.name}")
+            return None
+        return str(local)
+
+    async def signal(self, sig: str) -> None:
+        pgids = [self.proc.pgid] if self.proc is not None and self.proc.pgid is not None else []
+        try:
+            marker = f"FLEETSHARD_TOKEN={self.ctx.token(self.shard.id, self.number)}"
+            await self.handle.transport.kill_groups(pgids, sig, markers=[marker])
+        except (ConnectError, OSError):
+            pass
+
+    async def stop(self) -> None:
+        """TERM the attempt's process group, KILL it after the grace period."""
+        if self.wait is None:
+            return
+        await self.signal("TERM")
+        grace = 0.0 if self.ctx.hurry else self.ctx.kill_grace
+        try:
+            await asyncio.wait_for(asyncio.shield(self.wait), grace)
+        except TimeoutError:
+            await self.signal("KILL")
+            try:
+                await asyncio.wait_for(asyncio.shield(self.wait), 5)
+            except TimeoutError:
+                pass

@@ -1,0 +1,274 @@
+"""The coordinator loop: events in, scheduler decisions out, retry timers, signals.
+
+    Scheduler.on(Start) -> Launch -> Attempt -> ShardFinished (queue) -> loop -> Scheduler.on() -> ...
+
+Ctrl-C or SIGTERM: the scheduler cancels everything, each running process group gets TERM then KILL
+after the grace period, a marker sweep removes anything that left its group, and the run exits 130.
+A second Ctrl-C skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .attempt import Attempt
+from .context import RunContext
+from .errors import ConnectError
+from .events import (
+    Event,
+    MachineInfo,
+    MachineStatus,
+    RunFinished,
+    RunStarted,
+    ShardFinished,
+    ShardNotRun,
+    ShardRetrying,
+)
+from .machines import MachineHandle
+from .model import EXIT_OK, RetryPolicy
+from .recorder import Recorder, write_results
+from .scheduler import (
+    Cancel,
+    CancelRun,
+    Decision,
+    Drain,
+    Finish,
+    Launch,
+    NotRun,
+    Retry,
+    RetryDue,
+    Scheduler,
+    Start,
+    Tick,
+)
+from .session import Prepared
+
+
+def backoff_from_tenacity(policy: RetryPolicy, jitter: float) -> Callable[[int], float]:
+    """Seconds before retry n, from tenacity's exponential wait plus random jitter."""
+    import tenacity
+
+    wait: tenacity.wait.wait_base = tenacity.wait_exponential(
+        multiplier=policy.backoff_base, exp_base=policy.backoff_factor, min=policy.backoff_base,
+        max=policy.backoff_max)
+    if jitter > 0:
+        wait = wait + tenacity.wait_random(0, jitter)
+
+    def backoff(n: int) -> float:
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+        state.attempt_number = n
+        return float(wait(state))
+
+    return backoff
+
+
+class Coordinator:
+    """Runs a prepared plan to the end. Views subscribe with :meth:`subscribe` and get every event."""
+
+    def __init__(self, ctx: RunContext, renderer: Any) -> None:
+        self.ctx = ctx
+        self.machines: Mapping[str, MachineHandle] = {}
+        self.renderer = renderer
+        self.recorder = Recorder(ctx)
+        self.attempts: dict[tuple[str, int], Attempt] = {}
+        self.interrupts = 0
+        self.exit_code: int | None = None
+        self.timers: list[asyncio.TimerHandle] = []
+        self.background: set[asyncio.Future[Any]] = set()
+        self.subscribe(self.recorder)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def subscribe(self, subscriber: Any) -> None:
+        """``subscriber.handle(event)`` is called for every event of the run, in the loop's order."""
+        if subscriber not in self.ctx.subscribers:
+            self.ctx.subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Any) -> None:
+        if subscriber in self.ctx.subscribers:
+            self.ctx.subscribers.remove(subscriber)
+
+    def publish(self, event: Event) -> None:
+        self.ctx.publish(event)
+
+    def _spawn(self, coro: Any) -> None:
+        """A fire-and-forget task, kept referenced until it is done."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.ctx.emit(CancelRun(reason="interrupted", at=self.ctx.now()))
+        else:
+            self.ctx.hurry = True
+            for att in list(self.attempts.values()):
+                self._spawn(att.signal("KILL"))
+
+    def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        for timer in self.timers:
+            timer.cancel()
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def install_signals(self) -> Callable[[], None]:
+        """SIGINT and SIGTERM cancel the run (see :meth:`interrupt`); returns the undo."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.interrupt)
+
+        def remove() -> None:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+        return remove
+
+    async def run(self, p: Prepared) -> int:
+        ctx = self.ctx
+        self.machines = p.machines
+        inv, opts = ctx.inv, ctx.opts
+        retry = inv.retry
+        policy = RetryPolicy(
+            max_retries=retry.max_retries if opts.max_retries is None else opts.max_retries,
+            retry_failed_tests=opts.retry_failed_tests, backoff_base=retry.backoff_base,
+            backoff_factor=retry.backoff_factor, backoff_max=retry.backoff_max, drain_after=retry.drain_after,
+            fail_fast=opts.fail_fast, speculate=opts.speculate)
+        jitter = retry.jitter if opts.backoff_jitter else 0.0
+        sched = Scheduler(p.shards, p.slots, policy, strategy=p.strategy,  # type: ignore[arg-type]
+                          assignment=p.assignment, backoff=backoff_from_tenacity(policy, jitter))
+        (ctx.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.renderer.start()
+        infos = tuple(MachineInfo(name=h.name, slots=h.slots if h.status == "healthy" else 0,
+                                  speed=h.speed, status=h.status,
+                                  reason="; ".join(h.health.reasons) if h.health else "")
+                      for h in self.machines.values())
+        self.publish(RunStarted(run_id=ctx.run_id, machines=infos, shards=tuple(p.shards), strategy=p.strategy,
+                                expected_makespan=p.expected, lower_bound=p.lower,
+                                log_dir=str(ctx.run_dir / "logs"), at=ctx.now()))
+        ticker = asyncio.create_task(self._ticker())
+        prober = asyncio.create_task(self._reprober())
+        try:
+            if self.interrupts:                       # Ctrl-C while probing or planning: launch nothing
+                await self._apply(sched.on(CancelRun(reason="interrupted", at=ctx.now())))
+            await self._apply(sched.on(Start(at=ctx.now())))
+            while not sched.done:
+                event = await ctx.queue.get()
+                if isinstance(event, (ShardFinished, MachineStatus)):
+                    self.publish(event)
+                    if isinstance(event, ShardFinished):
+                        self.attempts.pop((event.shard.id, event.attempt), None)
+                await self._apply(sched.on(event))
+        finally:
+            ticker.cancel()
+            prober.cancel()
+            await self._shutdown()
+            self._drain()
+        code = sched.exit_code if sched.exit_code is not None else EXIT_OK
+        if self.interrupts:
+            code = 130
+        record = self.recorder.record(sched, p.shards, self.machines, p.strategy, code, p.expected, p.lower)
+        write_results(ctx, record, p.history)
+        self.publish(RunFinished(exit_code=code, at=ctx.now(), summary=record.counts()))
+        self.renderer.finish(record)
+        return code
+
+    def _drain(self) -> None:
+        """After the loop: what is still queued reaches the subscribers (attempts cancelled at shutdown)."""
+        while not self.ctx.queue.empty():
+            event = self.ctx.queue.get_nowait()
+            if isinstance(event, ShardFinished):
+                self.recorder.handle(event)
+
+    async def _ticker(self) -> None:
+        """Ticks for the scheduler; and a watchdog: when no machine has been healthy for a long time,
+        the unhealthy ones are given up on (their shards end "not run") instead of waiting forever."""
+        ctx = self.ctx
+        patience = max(3 * ctx.inv.health.interval, 60.0)
+        none_healthy_since: float | None = None
+        while True:
+            await asyncio.sleep(1.0)
+            now = ctx.now()
+            ctx.emit(Tick(at=now))
+            self.renderer.tick()
+            unhealthy = [h for h in self.machines.values() if h.status == "unhealthy"]
+            if any(h.status in ("healthy", "degraded") for h in self.machines.values()) or not unhealthy:
+                none_healthy_since = None
+                continue
+            none_healthy_since = none_healthy_since or now
+            if now - none_healthy_since >= patience:
+                for h in unhealthy:
+                    h.status = "lost"
+                    ctx.emit(MachineStatus(
+                        machine=h.name, status="lost", at=now,
+                        reason=f"unhealthy for {patience:.0f} s: {'; '.join(h.health.reasons) if h.health else ''}"))
+
+    async def _reprober(self) -> None:
+        """Probe the machines again every health.interval: drain the ones that turn bad, rejoin the rest."""
+        interval = self.ctx.inv.health.interval
+        if self.ctx.opts.skip_health_checks or interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for h in list(self.machines.values()):
+                if h.status in ("lost", "drained") or h.slots == 0:
+                    continue
+                self._spawn(h.reprobe())
+
+    def _retry_due(self, shard_id: str) -> None:
+        self.ctx.emit(RetryDue(shard_id=shard_id, at=self.ctx.now()))
+
+    async def _apply(self, decisions: Sequence[Decision]) -> None:
+        ctx = self.ctx
+        for d in decisions:
+            if isinstance(d, Launch):
+                att = Attempt(ctx, self.machines[d.machine], d.shard, d.attempt, d.speculative)
+                self.attempts[att.key] = att
+                att.launch()
+            elif isinstance(d, Retry):
+                self.publish(ShardRetrying(shard=d.shard, next_attempt=d.next_attempt, after_s=d.after_s,
+                                           avoid=d.avoid, reason=d.reason, at=ctx.now()))
+                self.timers.append(asyncio.get_running_loop().call_later(d.after_s, self._retry_due, d.shard.id))
+            elif isinstance(d, Cancel):
+                cancelled = self.attempts.get((d.shard_id, d.attempt))
+                if cancelled is not None:
+                    cancelled.cancel(d.reason)
+            elif isinstance(d, Drain):
+                h = self.machines.get(d.machine)
+                if h is not None:
+                    h.status = "drained"
+                self.publish(MachineStatus(machine=d.machine, status="drained", reason=d.reason, at=ctx.now()))
+            elif isinstance(d, NotRun):
+                self.publish(ShardNotRun(shard=d.shard, reason=d.reason, at=ctx.now()))
+            elif isinstance(d, Finish):
+                self.exit_code = d.exit_code
+
+    async def _shutdown(self) -> None:
+        """Nothing of the run survives: stop leftover attempts, sweep every machine, run teardown."""
+        ctx = self.ctx
+        leftovers = [a for a in self.attempts.values() if not a.done]
+        for att in leftovers:
+            att.cancel("interrupted")
+        if leftovers:
+            await asyncio.wait([a.task for a in leftovers if a.task is not None], timeout=ctx.kill_grace + 10)
+        from .workspace import teardown_machine
+
+        used = [h for h in self.machines.values() if h.used]
+        marker = [f"FLEETSHARD_RUN_ID={ctx.run_id}"]
+
+        async def sweep(h: MachineHandle) -> None:
+            # A lost machine is tried too (once, within its connect timeout): if its link came back,
+            # whatever the run left there dies now.
+            try:
+                await asyncio.wait_for(h.transport.kill_groups([], "KILL", markers=marker),
+                                       h.machine.connect_timeout + 5)
+            except (ConnectError, OSError, TimeoutError):
+                return
+            if h.status != "lost":
+                await teardown_machine(h)
+
+        await asyncio.gather(*(sweep(h) for h in used), return_exceptions=True)

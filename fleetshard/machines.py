@@ -1,0 +1,130 @@
+"""A machine handle: one machine of a run, with its transport, effective workdir, env, the setup-once
+future, the liveness check and the re-probe. Shards, workspace steps and probes reach a machine only
+through its handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .context import RunContext
+from .errors import ConnectError
+from .events import MachineStatus
+from .inventory import Machine
+from .model import Shard
+from .probes import HealthReport, probe
+from .transport import Transport
+
+
+def effective_workdir(machine: Machine, base_dir: Path) -> str:
+    """Where shards run: the machine's workdir; for `local` machines a relative one (or none) is taken
+    from the inventory's directory, for SSH machines none means the login directory."""
+    wd = machine.workdir
+    if machine.transport == "local" and (wd is None or not (wd.startswith(("/", "~")))):
+        return str((base_dir / (wd or "")).resolve())
+    return wd or "~"
+
+
+Prepare = Callable[["MachineHandle"], Awaitable["str | None"]]
+
+
+@dataclass(eq=False)
+class MachineHandle:
+    machine: Machine
+    transport: Transport
+    ctx: RunContext
+    slots: int
+    speed: float
+    health: HealthReport | None = None
+    status: str = "healthy"
+    used: bool = False                # preparation was started: teardown and the final sweep apply
+    ready_future: asyncio.Future[str | None] | None = field(default=None, repr=False)
+    lost_check: asyncio.Future[bool] | None = field(default=None, repr=False)
+    probing: bool = False
+    workdir: str = field(init=False, default="~")
+
+    def __post_init__(self) -> None:
+        self.workdir = effective_workdir(self.machine, self.ctx.inv.base_dir)
+
+    @property
+    def name(self) -> str:
+        return self.machine.name
+
+    @property
+    def prepared(self) -> bool:
+        return self.ready_future is not None
+
+    def env(self, shard: Shard | None = None, attempt: int = 0, junit: str | None = None) -> dict[str, str]:
+        """The inventory's env plus the FLEETSHARD_* variables of the run (and of the shard attempt)."""
+        ctx = self.ctx
+        env = self.machine.env_dict()
+        env.update(FLEETSHARD_RUN_ID=ctx.run_id, FLEETSHARD_MACHINE=self.machine.name,
+                   FLEETSHARD_COMMIT=ctx.commit or "")
+        if shard is not None:
+            env.update(FLEETSHARD_SHARD=str(shard.index), FLEETSHARD_TOTAL=str(shard.total),
+                       FLEETSHARD_ATTEMPT=str(attempt), FLEETSHARD_TOKEN=ctx.token(shard.id, attempt))
+            if junit:
+                env["FLEETSHARD_JUNIT"] = junit
+        return env
+
+    def set_status(self, status: str, reason: str, *, publish: bool = False) -> None:
+        self.status = status
+        event = MachineStatus(machine=self.name, status=status, reason=reason, at=self.ctx.now())
+        if publish:
+            self.ctx.publish(event)
+        else:
+            self.ctx.emit(event)
+
+    async def ready(self, prepare: Prepare) -> str | None:
+        """Connect, create the workdir, sync and run setup once per machine; why not, or None."""
+        if self.ready_future is None:
+            self.ready_future = asyncio.ensure_future(self._prepare(prepare))
+        return await self.ready_future
+
+    async def _prepare(self, prepare: Prepare) -> str | None:
+        self.used = True
+        try:
+            await self.transport.connect()
+            problem = await prepare(self)
+        except ConnectError as exc:
+            problem = str(exc)
+        except Exception as exc:  # whatever it is, the machine cannot take shards
+            problem = f"{self.name}: preparation failed: {type(exc).__name__}: {exc}"
+        if problem is not None and self.status not in ("lost", "drained"):
+            # Preparation is done once per machine: every shard sent there would fail the same way.
+            self.set_status("drained", problem)
+        return problem
+
+    async def check_lost(self, why: str) -> None:
+        """After a dropped channel: is the machine still there? If not, it takes no more work.
+        One check per machine at a time: every attempt that lost its channel waits for the same answer."""
+        if self.lost_check is None or self.lost_check.done():
+            self.lost_check = asyncio.ensure_future(self.alive())
+        alive = await asyncio.shield(self.lost_check)
+        if not alive and self.status != "lost":
+            self.set_status("lost", why)
+
+    async def alive(self) -> bool:
+        limit = self.machine.connect_timeout + 2
+        try:
+            res, _ = await asyncio.wait_for(self.transport.run("true", timeout=limit), limit)
+        except (ConnectError, OSError, TimeoutError):
+            return False
+        return res.exit_status == 0
+
+    async def reprobe(self) -> None:
+        """Probe again; a change between healthy and unhealthy becomes a MachineStatus."""
+        if self.probing:
+            return                            # the previous probe is still out: never pile them up
+        self.probing = True
+        try:
+            report = await probe(self.machine, self.transport, self.ctx.inv.health)
+        finally:
+            self.probing = False
+        self.health = report
+        status = "healthy" if report.healthy else "unhealthy"
+        if status != self.status and self.status not in ("lost", "drained"):
+            self.set_status(status, "; ".join(report.reasons))

@@ -1,0 +1,240 @@
+"""Prepare a run: probe the machines, settle their speeds, build the shards and plan them.
+
+Shared by `fleetshard plan` (which prints the :class:`Prepared` plan and stops) and `fleetshard run`
+(which hands it to the coordinator). Nothing here starts a shard.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import planning
+from .context import RunContext
+from .errors import HistoryError, NoHealthyMachineError
+from .inventory import Machine
+from .machines import MachineHandle
+from .model import MachineSlots, Shard
+from .probes import calibrated_speeds, probe_all
+from .suite import Suite, discover_files, file_sizes
+from .transport import Transport
+
+
+@dataclass
+class Prepared:
+    """The outcome of preparing a run: machines (usable or left out), shards and the plan."""
+
+    machines: dict[str, MachineHandle]    # every selected machine that was probed, usable or not
+    usable: list[MachineHandle]
+    slots: list[MachineSlots]
+    shards: list[Shard]
+    strategy: str
+    assignment: dict[str, str] | None
+    expected: float | None              # simulated makespan; None when durations are unknown
+    lower: float | None
+    explain: str                        # why this many shards
+    history: Any                        # an open History, or None
+
+
+def combine_speeds(names: Sequence[str], learned: Mapping[str, float], declared: Mapping[str, float]
+                   ) -> dict[str, float]:
+    """Measured beats declared: the inventory's speed serves until history has learned one. Learned
+    speeds are relative to the fleet's median machine, declared ones to whatever the user had in mind,
+    so declared speeds are first brought to the learned scale through the machines that have both."""
+    both = [n for n in names if n in learned and n in declared]
+    ratio = statistics.median(learned[n] / declared[n] for n in both) if both else 1.0
+    return {n: learned.get(n) or declared.get(n, 1.0) * ratio for n in names}
+
+
+def git_head(base: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base, capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def open_history(ctx: RunContext) -> Any:
+    from .history import History
+    from .report import history_path
+
+    try:
+        return History(history_path(ctx.inv))
+    except HistoryError as exc:
+        ctx.notice(f"history unavailable, planning without it: {exc}", "warning")
+        return None
+
+
+async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
+                  history: Any) -> Prepared:
+    suite = ctx.suite
+    learned = _learned_speeds(ctx, history)
+    # A first run knows no speed: machines with neither a declared nor a learned one time a CPU loop.
+    calibrate = {m.name for m in selected if not m.speed and m.name not in learned}
+    machines: dict[str, MachineHandle] = {}
+    usable = await check_machines(ctx, selected, transports, calibrate, machines)
+    speeds = _speeds(machines, learned)
+    startup = _startup(history)
+    slots = [MachineSlots(name=h.name, slots=h.slots, speed=speeds.get(h.name, h.speed),
+                          startup=startup.get(h.name, 0.0)) for h in usable]
+    for h, ms in zip(usable, slots, strict=True):
+        h.speed = ms.speed
+    strategy = ctx.opts.strategy or suite.config.strategy or "dynamic"
+    shards, explain, source = build_shards(ctx, suite, slots, strategy, history)
+    known = bool(shards) and all(s.expected is not None for s in shards)
+    if strategy == "dynamic" and source != "uniform":
+        shards = planning.order_for_queue(shards)
+    assignment: dict[str, str] | None = None
+    if strategy == "static":
+        assignment = planning.assign_static(shards, slots)
+    elif known:
+        # Durations known from history: each machine's list is planned (LPT with machine speeds); the
+        # scheduler runs those lists and lets a machine that runs dry take work from the others.
+        assignment = planning.lpt_assign(shards, slots)
+    expected: float | None = None
+    lower: float | None = None
+    if known:
+        sim = planning.simulate(shards, slots, strategy="static", assignment=assignment)
+        expected = sim.makespan
+        lower = planning.lower_bound([s.expected or 0.0 for s in shards], slots)
+    return Prepared(machines=machines, usable=usable, slots=slots, shards=shards, strategy=strategy,
+                    assignment=assignment, expected=expected, lower=lower, explain=explain, history=history)
+
+
+async def check_machines(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
+                         calibrate: Collection[str], machines: dict[str, MachineHandle]) -> list[MachineHandle]:
+    """Probe the selected machines; fills ``machines`` with every probed one, returns the usable ones."""
+    inv = ctx.inv
+    usable: list[MachineHandle] = []
+    if ctx.opts.skip_health_checks:
+        need = [m for m in selected if m.slots is None and m.transport != "local"]
+        reports = {r.machine: r for r in await probe_all(need, transports, inv.health, calibrate=calibrate)}
+        for m in selected:
+            r = reports.get(m.name)
+            if r is not None and not r.reachable:
+                ctx.notice(f"{m.name}: left out: {'; '.join(r.reasons)}", "warning", m.name)
+                continue
+            cores = r.cores if r else (os.cpu_count() or 1)
+            usable.append(MachineHandle(m, transports[m.name], ctx, m.slots or cores or 1, m.speed or 1.0, r))
+    else:
+        for r in await probe_all(selected, transports, inv.health, calibrate=calibrate):
+            m = inv.machine(r.machine)
+            if not r.healthy:
+                ctx.notice(f"{m.name}: left out ({r.status}): {'; '.join(r.reasons)}", "warning", m.name)
+                machines[m.name] = MachineHandle(m, transports[m.name], ctx, 0, m.speed or 1.0, r,
+                                                 status=r.status)
+                continue
+            usable.append(MachineHandle(m, transports[m.name], ctx, m.slots or r.cores or 1, m.speed or 1.0, r))
+    for h in usable:
+        machines[h.name] = h
+    if not usable:
+        reasons = "; ".join(
+            f"{h.name}: {', '.join(h.health.reasons) if h.health else h.status}"
+            for h in machines.values()) or "no machine selected"
+        raise NoHealthyMachineError(f"no healthy machine to run on ({reasons})")
+    return usable
+
+
+def _learned_speeds(ctx: RunContext, history: Any) -> dict[str, float]:
+    if history is None:
+        return {}
+    try:
+        learned: dict[str, float] = history.machine_speeds()
+    except HistoryError as exc:
+        ctx.notice(f"history: {exc}", "warning")
+        return {}
+    return learned
+
+
+def _speeds(machines: Mapping[str, MachineHandle], learned: Mapping[str, float]) -> dict[str, float]:
+    """Learned, else declared, else the probe's CPU calibration, else 1.0."""
+    reports = [h.health for h in machines.values() if h.health is not None]
+    guessed = calibrated_speeds(reports)
+    declared = {name: h.machine.speed or guessed[name] for name, h in machines.items()
+                if h.machine.speed or name in guessed}
+    return combine_speeds(list(machines), learned, declared)
+
+
+def _startup(history: Any) -> dict[str, float]:
+    if history is None:
+        return {}
+    try:
+        startup: dict[str, float] = history.machine_startup()
+    except HistoryError:
+        return {}
+    return startup
+
+
+def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], strategy: str, history: Any
+                 ) -> tuple[list[Shard], str, str]:
+    opts = ctx.opts
+    count = opts.shards or suite.config.shards
+    resume = None
+    if opts.resume:
+        if history is None:
+            raise HistoryError("--resume needs the run history, which could not be opened")
+        resume = history.not_passed(opts.resume)
+    if suite.mode == "native":
+        if resume is not None:
+            total = resume.total or count
+            shards = [Shard(id=f"s{i:03d}", index=i, total=total or len(resume.shard_indices))
+                      for i in resume.shard_indices]
+            return shards, f"resuming {len(shards)} shards of run {opts.resume}", "uniform"
+        shards = planning.native_shards(count, slots, strategy)  # type: ignore[arg-type]
+        why = planning.native_why(len(shards), slots, strategy, explicit=count is not None)  # type: ignore[arg-type]
+        return shards, why, "uniform"
+    base = ctx.inv.base_dir
+    files = discover_files(suite, base)
+    if resume is not None:
+        wanted = set(resume.files)
+        files = [f for f in files if f in wanted]
+        if not files:
+            raise HistoryError(f"run {opts.resume}: nothing to resume (every shard passed)")
+    known: dict[str, float] = {}
+    if history is not None:
+        try:
+            known = history.file_durations()
+        except HistoryError as exc:
+            ctx.notice(f"history: {exc}", "warning")
+    estimates = planning.expected_durations(files, known, sizes=file_sizes(files, base))
+    plan = planning.build_shards(files, estimates, slots, shards=count, strategy=strategy)  # type: ignore[arg-type]
+    return plan.shards, plan.why, plan.source
+
+
+def print_plan(console: Any, p: Prepared) -> None:
+    """`fleetshard plan`: which machine gets which shard, the expected makespan and its lower bound."""
+    from rich.table import Table
+
+    from .console import make_console
+    from .progress import format_duration
+
+    console = console or make_console()
+    shards, slots, expected, lower = p.shards, p.slots, p.expected, p.lower
+    if p.assignment is None and expected is not None:
+        sim = planning.simulate(shards, slots, strategy="dynamic")
+        where = {pl[0]: pl[1] for pl in sim.placements}
+    else:
+        where = dict(p.assignment or {})
+    table = Table(title=f"fleetshard plan: {len(shards)} shards, {p.strategy}", title_justify="left")
+    for col in ("shard", "machine", "files", "expected"):
+        table.add_column(col)
+    for s in shards:
+        files = ", ".join(s.files[:3]) + (f" … (+{len(s.files) - 3})" if len(s.files) > 3 else "")
+        table.add_row(s.id, where.get(s.id, "(queue)"), files or f"{s.index}/{s.total}",
+                      format_duration(s.expected) if s.expected is not None else "?")
+    console.print(table)
+    machines = ", ".join(f"{m.name} ({m.slots} slot{'s' if m.slots != 1 else ''}, speed {m.speed:.2g})"
+                         for m in slots)
+    console.print(f"machines: {machines}", soft_wrap=True)
+    console.print(f"shards: {p.explain}", soft_wrap=True)
+    if expected is not None and lower is not None:
+        console.print(f"expected makespan {format_duration(expected)}, lower bound {format_duration(lower)}"
+                      f" ({expected / lower:.2f}x)" if lower > 0 else "")
+    else:
+        console.print("expected makespan unknown (no durations yet: run once to record them)")
