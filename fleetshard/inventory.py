@@ -25,6 +25,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,9 @@ class SuiteConfig:
     sync: str | None = None  # local directory (relative to the inventory's directory) copied to each workdir
     artifacts: tuple[str, ...] = ()  # remote globs relative to the workdir
     strategy: Strategy | None = None
+    runner: str | None = None  # pytest | playwright | jest | command (None: command)
+    args: str = ""  # extra runner arguments (shell words) for the listing and every run
+    ok_exit_codes: tuple[int, ...] = (0,)  # exit codes that pass when the JUnit shows no failing test
     line: int = 0
 
 
@@ -514,6 +518,18 @@ def _url(ctx: _Ctx, node: Node, field: str) -> str:
     return value
 
 
+def _args(ctx: _Ctx, node: Node, field: str) -> str:
+    """Runner arguments: one shell line as written, or a list of words (each quoted)."""
+    if isinstance(node, SequenceNode):
+        return " ".join(shlex.quote(w) for w in _str_list(ctx, node, field))
+    value = _str(ctx, node, field)
+    try:
+        shlex.split(value)
+    except ValueError as exc:
+        raise ctx.error(f"is not a valid shell line ({exc})", _line(node), field) from None
+    return value
+
+
 @dataclass(frozen=True)
 class _Field:
     convert: Converter
@@ -570,6 +586,9 @@ _SUITE_FIELDS: dict[str, _Field] = {
     "sync": _Field(_str, nullable=True),
     "artifacts": _Field(_str_list),
     "strategy": _Field(_choice("static", "dynamic"), nullable=True),
+    "runner": _Field(_choice("pytest", "playwright", "jest", "command"), nullable=True),
+    "args": _Field(_args),
+    "ok_exit_codes": _Field(_exit_codes),
 }
 
 _TOP_FIELDS = ("defaults", "health", "retry", "machines", "suite", "history", "notify")
@@ -1012,17 +1031,30 @@ def _suite(ctx: _Ctx, entry: _Entry) -> SuiteConfig:
         return entries[key].line if key in entries else entry.line
 
     command: str | None = values.get("command")
-    file_mode = bool(values.get("tests")) or values.get("discover") is not None
+    runner = values.get("runner")
+    if runner == "command":
+        runner = values["runner"] = None
     if values.get("tests") and values.get("discover") is not None:
         raise ctx.error("give tests or discover, not both", line_of("discover"), "suite.discover")
+    if values.get("args") and runner is None:
+        raise ctx.error("needs a runner (pytest, playwright or jest): with runner: command, put the "
+                        "arguments in command", line_of("args"), "suite.args")
+    if runner is not None:
+        if command is not None and "{junit}" not in command and values.get("junit") is None:
+            raise ctx.error(f"must contain {{junit}} (or set suite.junit) for the {runner} runner, whose "
+                            "JUnit decides the verdict", line_of("command"), "suite.command")
+        return SuiteConfig(line=entry.line, **values)
+    file_mode = bool(values.get("tests")) or values.get("discover") is not None
     if command is None and not file_mode:
-        raise ctx.error("needs a command (with tests or discover for file mode)", entry.line, "suite")
+        raise ctx.error("needs a command (with tests or discover for file mode), or a runner",
+                        entry.line, "suite")
     if command is None:
         raise ctx.error("missing: tests/discover need a command containing {files}", entry.line,
                         "suite.command")
-    has_files = "{files}" in command
+    has_files = "{files}" in command or "{tests}" in command
     if has_files and not file_mode:
-        raise ctx.error("uses {files} but the suite has neither tests nor discover",
+        which_ph = "{tests}" if "{tests}" in command else "{files}"
+        raise ctx.error(f"uses {which_ph} but the suite has neither tests nor discover",
                         line_of("command"), "suite.command")
     if file_mode and not has_files:
         which = "tests" if values.get("tests") else "discover"

@@ -1,9 +1,14 @@
 """The suite: what to run, how to find its test files, and how a shard's command is built.
 
 A command template is a shell line. Its placeholders are filled with quoted values, never pasted:
-``{files}`` becomes the shard's files, each passed through :func:`shlex.quote`.
+``{files}`` becomes the shard's files, each passed through :func:`shlex.quote`; ``{tests}`` its test ids
+(a runner's own ids, or a list file on the machine when they are many; the files without a runner).
 
-Placeholders: {shard} {total} {files} {junit} {machine} {run_id} {attempt}
+Placeholders: {shard} {total} {files} {tests} {junit} {machine} {run_id} {attempt}
+
+With ``suite.runner`` set, the runner's adapter (fleetshard/runners) gives the default command, lists the
+tests with the runner's own collection (``args`` and any selection in the command apply to it), and
+builds the command that reruns given test ids.
 """
 
 from __future__ import annotations
@@ -13,15 +18,16 @@ import re
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError, UsageError
 from .inventory import Inventory, SuiteConfig
 from .model import Shard
+from .runners import Adapter, Listing, TestArgs, adapter_for, strip_placeholder_words
 
-PLACEHOLDERS = ("shard", "total", "files", "junit", "machine", "run_id", "attempt")
+PLACEHOLDERS = ("shard", "total", "files", "tests", "junit", "machine", "run_id", "attempt")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _FILE_OF_ID = re.compile(r"^(?P<file>.+?)(?:::|:\d+(?::\d+)?\b|: \d+$)")
 _PROJECT_PREFIX = re.compile(r"^\[[^\]]*\]\s*(?:›|>)\s*")          # a runner's "[chromium] › " prefix
@@ -37,10 +43,51 @@ class Suite:
     command: str
     mode: Literal["native", "files"]
     source: str                       # where the command came from, for messages
+    adapter: Adapter = field(default_factory=Adapter)
 
     @property
     def uses_junit(self) -> bool:
         return "{junit}" in self.command or self.config.junit is not None
+
+    @property
+    def runner(self) -> str:
+        return self.adapter.name
+
+    @property
+    def ok_exit_codes(self) -> frozenset[int]:
+        """Exit codes that pass when the JUnit shows no failing test (``suite.ok_exit_codes`` + the runner's)."""
+        return frozenset(self.config.ok_exit_codes) | self.adapter.extra_ok_exit_codes
+
+    @property
+    def rerun_command(self) -> str:
+        """The template that reruns given test ids: the run command, in native mode without its shard words."""
+        if self.mode == "files" and "{tests}" in self.command:
+            return self.command
+        base = strip_placeholder_words(self.command, ("shard", "total", "files", "tests"))
+        return f"{base} {{tests}}"
+
+    @property
+    def listing_command(self) -> str | None:
+        """The local command that lists the tests: ``suite.discover``, else the runner's own listing."""
+        if self.config.discover:
+            return self.config.discover
+        if self.config.tests:
+            return None
+        return self.adapter.listing_command(self.command)
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What discovery found: the files to plan, and the runner's parsed listing (None for globs)."""
+
+    files: list[str]
+    listing: Listing | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Tests per file from the listing (for first-run estimates)."""
+        if self.listing is None:
+            return {}
+        return {f: max(1, len(ids)) for f, ids in self.listing.by_file().items()}
 
 
 def command_from_argv(args: Sequence[str]) -> str:
@@ -71,18 +118,23 @@ def resolve_suite(inv: Inventory, command: str | None = None) -> Suite:
                           "command after `--`", file=str(inv.path), field="suite")
     if config is None:
         config = SuiteConfig(command=command)
+    adapter = adapter_for(config.runner)
     if command is not None:
         config = replace(config, command=command)
         source = "the command line"
+    elif config.command is None:
+        config = replace(config, command=adapter.default_command(config.args))
+        source = f"{inv.path}:{config.line}: suite.runner ({adapter.name}'s default command)"
     else:
         source = f"{inv.path}:{config.line}: suite.command"
     assert config.command is not None
-    has_files = "{files}" in config.command
-    if has_files and not (config.tests or config.discover):
-        raise UsageError(f"{source}: the command uses {{files}} but the suite has neither `tests` nor "
-                         f"`discover` to list them")
+    has_files = "{files}" in config.command or "{tests}" in config.command
+    if has_files and not (config.tests or config.discover or adapter.lists_tests or adapter.name == "jest"):
+        word = "{tests}" if "{tests}" in config.command else "{files}"
+        raise UsageError(f"{source}: the command uses {word} but the suite has neither `tests` nor "
+                         f"`discover` (nor a `runner`) to list them")
     mode: Literal["native", "files"] = "files" if has_files else "native"
-    return Suite(config=config, command=config.command, mode=mode, source=source)
+    return Suite(config=config, command=config.command, mode=mode, source=source, adapter=adapter)
 
 
 def files_from_listing(text: str) -> list[str]:
@@ -105,20 +157,38 @@ def files_from_listing(text: str) -> list[str]:
 
 def discover_files(suite: Suite, base_dir: Path) -> list[str]:
     """The suite's test files, relative to ``base_dir``, in a stable order."""
+    return discover(suite, base_dir).files
+
+
+def discover(suite: Suite, base_dir: Path) -> Discovery:
+    """The suite's test files (and, with a runner, its test ids), relative to ``base_dir``."""
     cfg = suite.config
-    if cfg.discover:
+    listing_command = suite.listing_command
+    if listing_command:
+        field_name = "suite.discover" if cfg.discover else f"suite.runner ({suite.runner} listing)"
         try:
-            proc = subprocess.run(cfg.discover, shell=True, cwd=base_dir, capture_output=True, text=True,
-                                  timeout=600, check=False)
+            proc = subprocess.run(listing_command, shell=True, cwd=base_dir, capture_output=True, text=True,
+                                  timeout=600, check=False, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            raise UsageError(f"suite.discover: `{cfg.discover}` did not finish in 600 s") from exc
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-            raise UsageError(f"suite.discover: `{cfg.discover}` exited with {proc.returncode}: {tail[0]}")
-        files = files_from_listing(proc.stdout)
-        if not files:
-            raise UsageError(f"suite.discover: `{cfg.discover}` listed no tests")
-        return files
+            raise UsageError(f"{field_name}: `{listing_command}` did not finish in 600 s") from exc
+        if suite.adapter.name == "command":
+            if proc.returncode != 0:
+                raise UsageError(f"{field_name}: `{listing_command}` exited with {proc.returncode}: "
+                                 f"{_tail(proc)}")
+            files = files_from_listing(proc.stdout)
+            if not files:
+                raise UsageError(f"{field_name}: `{listing_command}` listed no tests")
+            return Discovery(files)
+        try:
+            listing = suite.adapter.parse_listing(proc.stdout, proc.stderr, proc.returncode,
+                                                  str(base_dir.resolve()))
+        except ValueError as exc:
+            raise UsageError(f"{field_name}: `{listing_command}`: {exc}: {_tail(proc)}") from exc
+        if suite.adapter.listing_failed(proc.returncode, listing):
+            raise UsageError(f"{field_name}: `{listing_command}` exited with {proc.returncode}: {_tail(proc)}")
+        if not listing.files:
+            raise UsageError(f"{field_name}: `{listing_command}` listed no tests")
+        return Discovery(listing.files, listing)
     files = []
     for pattern in cfg.tests:
         matches = sorted(glob.glob(pattern, root_dir=base_dir, recursive=True))
@@ -126,7 +196,33 @@ def discover_files(suite: Suite, base_dir: Path) -> list[str]:
     files = list(dict.fromkeys(files))
     if not files:
         raise UsageError(f"suite.tests: {', '.join(cfg.tests)} matched no files under {base_dir}")
-    return files
+    return Discovery(files)
+
+
+def _tail(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def assign_tests(shards: Sequence[Shard], listing: Listing | None) -> list[Shard]:
+    """Give each shard the test ids of its files (a file with none, skipped or broken, stands for itself)."""
+    if listing is None or not listing.tests:
+        return list(shards)
+    by_file = listing.by_file()
+    out = []
+    for shard in shards:
+        if shard.tests:
+            out.append(shard)
+            continue
+        ids: list[str] = []
+        for f in shard.files:
+            in_file = by_file.get(f) or []
+            if in_file:
+                ids.extend(t.id for t in in_file)
+            else:
+                ids.append(f)
+        out.append(replace(shard, tests=tuple(ids)))
+    return out
 
 
 def file_sizes(files: Sequence[str], base_dir: Path) -> dict[str, int]:
@@ -143,7 +239,7 @@ def junit_path(suite: Suite, *, run_id: str, shard: Shard, attempt: int) -> str:
     """Remote path (relative to the workdir) where this attempt writes its JUnit XML."""
     template = suite.config.junit or ".fleetshard/{run_id}/junit-{shard}-{attempt}.xml"
     values = {"shard": str(shard.index), "total": str(shard.total), "run_id": run_id,
-              "attempt": str(attempt), "machine": "", "files": "", "junit": ""}
+              "attempt": str(attempt), "machine": "", "files": "", "tests": "", "junit": ""}
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
@@ -160,8 +256,36 @@ def render(command: str, values: Mapping[str, str | Sequence[str]]) -> str:
     return _PLACEHOLDER.sub(sub, command)
 
 
+def list_file_path(run_id: str, shard: Shard, attempt: int) -> str:
+    """Remote path (relative to the workdir) of the list of test ids of a long ``{tests}``."""
+    return f".fleetshard/{run_id}/tests-{shard.id}-{attempt}.txt"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A shard attempt's command line, and the files to write on the machine before it (path -> text)."""
+
+    command: str
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+def shard_invocation(suite: Suite, *, shard: Shard, machine: str, run_id: str, attempt: int, junit: str,
+                     only: Sequence[str] | None = None) -> Invocation:
+    """The command of one attempt. ``only``: rerun exactly these test ids (``--retry-failed-tests``)."""
+    template = suite.command
+    ids: Sequence[str] = shard.tests or shard.files
+    if only is not None:
+        template, ids = suite.rerun_command, only
+    args = TestArgs(tuple(ids))
+    if "{tests}" in template and (shard.tests or only is not None):
+        args = suite.adapter.test_args(ids, list_file_path(run_id, shard, attempt))
+    values: dict[str, str | Sequence[str]] = {
+        "shard": str(shard.index), "total": str(shard.total), "files": shard.files, "junit": junit,
+        "machine": machine, "run_id": run_id, "attempt": str(attempt), "tests": args.words}
+    return Invocation(render(template, values), dict(args.files))
+
+
 def shard_command(suite: Suite, *, shard: Shard, machine: str, run_id: str, attempt: int,
                   junit: str) -> str:
-    return render(suite.command, {"shard": str(shard.index), "total": str(shard.total), "files": shard.files,
-                                  "junit": junit, "machine": machine, "run_id": run_id,
-                                  "attempt": str(attempt)})
+    return shard_invocation(suite, shard=shard, machine=machine, run_id=run_id, attempt=attempt,
+                            junit=junit).command

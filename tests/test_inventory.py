@@ -620,7 +620,7 @@ def test_other_errors(text: str, expected: str) -> None:
 
 SUITE_ERRORS = [
     ("suite:\n  shards: 4\n",
-     "machines.yaml:2: suite: needs a command (with tests or discover for file mode)"),
+     "machines.yaml:2: suite: needs a command (with tests or discover for file mode), or a runner"),
     ("suite:\n  command: run\n  shards: many\n",
      'machines.yaml:4: suite.shards: expected "auto" or a positive integer, got "many"'),
     ("suite:\n  command: run\n  shards: 0\n",

@@ -62,3 +62,87 @@ def test_discover_command_runs_in_the_inventory_dir(tmp_path: Path) -> None:
     glob_suite = Suite(config=SuiteConfig(command="x {files}", tests=("t/**/*.py",)), command="x {files}",
                        mode="files", source="x")
     assert discover_files(glob_suite, tmp_path) == ["t/a.py", "t/b.py"]
+
+
+# --- runners -------------------------------------------------------------------------------------------
+
+FIX = Path(__file__).parent / "fixtures" / "runners"
+
+
+def _inventory(tmp_path: Path, suite: str) -> Path:
+    path = tmp_path / "machines.yaml"
+    path.write_text("machines:\n  local: {transport: local}\nsuite:\n" + suite)
+    return path
+
+
+def test_a_two_line_pytest_suite_gets_the_runners_command(tmp_path: Path) -> None:
+    from fleetshard.inventory import load_inventory
+    from fleetshard.suite import resolve_suite
+
+    inv = load_inventory(_inventory(tmp_path, "  runner: pytest\n  args: -m smoke\n"))
+    suite = resolve_suite(inv)
+    assert suite.runner == "pytest" and suite.mode == "files"
+    assert "-m smoke" in suite.command and "{tests}" in suite.command and "{junit}" in suite.command
+    assert suite.ok_exit_codes == {0, 5}
+    assert suite.listing_command is not None and suite.listing_command.endswith("--collect-only -q -rsE")
+    assert "-m smoke" in suite.listing_command          # a selection applies to discovery
+
+
+def test_runner_discovery_keeps_collection_skips_and_errors(tmp_path: Path) -> None:
+    from fleetshard.inventory import load_inventory
+    from fleetshard.suite import assign_tests, discover, resolve_suite
+
+    (tmp_path / "listing.txt").write_text((FIX / "pytest-collect-import-error.txt").read_text())
+    inv = load_inventory(_inventory(tmp_path, "  runner: pytest\n  discover: cat listing.txt; exit 2\n"))
+    found = discover(resolve_suite(inv), tmp_path)
+    assert "networkx/algorithms/tree/tests/test_broken_import.py" in found.files
+    assert "networkx/drawing/tests/test_pylab.py" in found.files
+    assert found.counts()["networkx/algorithms/tree/tests/test_coding.py"] > 1
+    shards = assign_tests([Shard(id="s001", index=1, total=1, files=(
+        "networkx/algorithms/tree/tests/test_coding.py", "networkx/drawing/tests/test_pylab.py"))], found.listing)
+    assert shards[0].tests[-1] == "networkx/drawing/tests/test_pylab.py"     # a skipped file stands for itself
+    assert all("::" in t for t in shards[0].tests[:-1])
+
+
+def test_runner_discovery_that_cannot_list_is_a_usage_error(tmp_path: Path) -> None:
+    from fleetshard.errors import UsageError
+    from fleetshard.inventory import load_inventory
+    from fleetshard.suite import discover, resolve_suite
+
+    inv = load_inventory(_inventory(tmp_path, "  runner: pytest\n  discover: \"echo 'ERROR - bad option'; exit 4\"\n"))
+    with pytest.raises(UsageError, match="exited with 4: ERROR - bad option"):
+        discover(resolve_suite(inv), tmp_path)
+
+
+def test_tests_placeholder_and_long_lists_through_a_file() -> None:
+    from fleetshard.runners import adapter_for
+    from fleetshard.suite import shard_invocation
+
+    command = "python3 -m pytest {tests} --junitxml={junit}"
+    suite = Suite(config=SuiteConfig(command=command, runner="pytest"), command=command, mode="files",
+                  source="x", adapter=adapter_for("pytest"))
+    shard = Shard(id="s001", index=1, total=1, files=("t/a.py",), tests=("t/a.py::test_x[a b]",))
+    inv = shard_invocation(suite, shard=shard, machine="m", run_id="r1", attempt=1, junit="j.xml")
+    assert shlex.split(inv.command) == ["python3", "-m", "pytest", "t/a.py::test_x[a b]", "--junitxml=j.xml"]
+    assert not inv.files
+    many = tuple(f"t/a.py::test_{i:05d}_with_a_longish_name" for i in range(1000))
+    inv = shard_invocation(suite, shard=Shard(id="s001", index=1, total=1, files=("t/a.py",), tests=many),
+                           machine="m", run_id="r1", attempt=2, junit="j.xml")
+    assert shlex.split(inv.command)[3] == "@.fleetshard/r1/tests-s001-2.txt"
+    assert inv.files[".fleetshard/r1/tests-s001-2.txt"].splitlines() == list(many)
+    rerun = shard_invocation(suite, shard=shard, machine="m", run_id="r1", attempt=3, junit="j.xml",
+                             only=["t/a.py::test_y"])
+    assert shlex.split(rerun.command)[3] == "t/a.py::test_y"
+
+
+def test_native_rerun_drops_the_shard_words() -> None:
+    from fleetshard.runners import adapter_for
+    from fleetshard.suite import shard_invocation
+
+    command = "npx playwright test --shard={shard}/{total} --reporter=junit"
+    suite = Suite(config=SuiteConfig(command=command, runner="playwright"), command=command, mode="native",
+                  source="x", adapter=adapter_for("playwright"))
+    inv = shard_invocation(suite, shard=Shard(id="s002", index=2, total=3), machine="m", run_id="r", attempt=2,
+                           junit="j.xml", only=["[chromium] › a.spec.ts:3:5 › t"])
+    assert inv.command == "npx playwright test --reporter=junit --test-list .fleetshard/r/tests-s002-2.txt"
+    assert inv.files == {".fleetshard/r/tests-s002-2.txt": "[chromium] › a.spec.ts:3:5 › t\n"}
