@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -19,9 +20,36 @@ async def check(inv: Inventory, machines: Sequence[Machine], *, accept_new_host_
     transports: dict[str, Transport] = {m.name: transport_for(m, accept_new_host_keys=accept_new_host_keys)
                                         for m in machines}
     try:
-        return await probe_all(machines, transports, inv.health)
+        reports = await probe_all(machines, transports, inv.health)
+        return list(await asyncio.gather(*(_check_sessions(r, transports[r.machine]) for r in reports)))
     finally:
         await asyncio.gather(*(t.close() for t in transports.values()))
+
+
+async def _check_sessions(report: HealthReport, transport: Transport) -> HealthReport:
+    """Warn when sshd's MaxSessions cannot carry the machine's slots (and the SFTP session) on one
+    connection: fleetshard copes (it opens more connections), but each costs a handshake."""
+    from .transport.ssh import SshTransport
+
+    if not report.reachable or not isinstance(transport, SshTransport) or not report.slots:
+        return report
+    want = min(report.slots + 1, transport.channels_per_connection)
+    try:
+        granted = await asyncio.wait_for(transport.session_limit(want), report_timeout(transport))
+    except Exception:  # a machine that fails here is already judged by its probe
+        return report
+    if granted is None:
+        return report
+    connections = -(-(report.slots + 1) // max(granted, 1))
+    text = (f"sshd allows {granted} session{'s' if granted != 1 else ''} per connection (MaxSessions): "
+            f"fleetshard opens {connections} connections for {report.slots} slots and file transfer; "
+            f"set MaxSessions {want} or more in its sshd_config")
+    return dataclasses.replace(report, warnings=(*report.warnings, text))
+
+
+def report_timeout(transport: Transport) -> float:
+    machine = getattr(transport, "machine", None)
+    return float(getattr(machine, "connect_timeout", 5.0)) + 10.0
 
 
 def _fmt(value: float | None, fmt: str, suffix: str = "") -> str:
@@ -53,6 +81,8 @@ def render_table(reports: Sequence[HealthReport], out: TextIO | None = None) -> 
     for r in reports:
         for reason in r.reasons:
             console.print(Text.assemble((r.machine, style[r.status]), f": {reason}"), soft_wrap=True)
+        for warning in r.warnings:
+            console.print(Text.assemble((r.machine, "yellow"), f": warning: {warning}"), soft_wrap=True)
     healthy = sum(r.healthy for r in reports)
     console.print(f"{healthy}/{len(reports)} machines healthy")
 

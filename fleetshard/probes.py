@@ -70,11 +70,13 @@ class HealthReport:
     probe_s: float | None = None
     calib_ms: float | None = None      # a fixed shell loop's time: a first guess of the machine's speed
     tags: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = ()     # worth knowing, not a reason to leave the machine out
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["reasons"] = list(self.reasons)
         data["tags"] = list(self.tags)
+        data["warnings"] = list(self.warnings)
         return data
 
     @property

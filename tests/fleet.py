@@ -312,9 +312,11 @@ class SshFleet:
         first_octet_start: int = 2,
         cgroups: bool | None = None,
         cpu_cores: float = 1.0,
+        max_sessions: int = 100,
     ) -> None:
         """``cgroups``: confine each machine to ``cpu_cores / speed`` cores (None: where writable;
-        True: required, an error where not writable; False: never)."""
+        True: required, an error where not writable; False: never). ``max_sessions``: sshd's
+        ``MaxSessions`` (channels per connection)."""
         if n < 1:
             raise ValueError("a fleet needs at least one machine")
         if speeds is not None and len(speeds) != n:
@@ -323,6 +325,7 @@ class SshFleet:
         self.n = n
         self.speeds: list[float] = [float(s) for s in speeds] if speeds is not None else [1.0] * n
         self.first_octet_start = first_octet_start
+        self.max_sessions = max_sessions
         if cpu_cores <= 0:
             raise ValueError("cpu_cores must be positive")
         self.cpu_cores = float(cpu_cores)
@@ -535,7 +538,7 @@ class SshFleet:
             "PermitRootLogin prohibit-password",
             f"AllowUsers {self.user}",
             "Subsystem sftp internal-sftp",
-            "MaxSessions 100",
+            f"MaxSessions {self.max_sessions}",
             "MaxStartups 200",
             "LogLevel ERROR",
             "PrintMotd no",

@@ -553,6 +553,26 @@ class SshTransport:
         finally:
             c.release()
 
+    async def session_limit(self, want: int) -> int | None:
+        """How many session channels sshd grants on one connection, counted up to ``want``: the number
+        granted when it refuses one (its ``MaxSessions``), None when all ``want`` were granted."""
+        async with self._lock:
+            if not self._live():
+                await self._new_connection()
+            c = self._live()[0]
+        opened: list[Any] = []
+        limit = self.machine.connect_timeout + SIGNAL_WAIT
+        try:
+            for _ in range(max(0, want - c.channels)):
+                try:
+                    opened.append(await asyncio.wait_for(c.conn.create_process("exec cat >/dev/null"), limit))
+                except asyncssh.ChannelOpenError:
+                    return c.channels + len(opened)
+            return None
+        finally:
+            for proc in opened:
+                proc.close()
+
     # -- files --------------------------------------------------------------------------------
     async def _sftp(self) -> Any:
         """One SFTP session per machine, opened on first use and kept: every shard's JUnit file and
