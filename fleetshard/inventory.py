@@ -545,7 +545,7 @@ _MACHINE_FIELDS: dict[str, _Field] = {
     "connect_timeout": _Field(_pos_float),
     "workdir": _Field(_str, nullable=True),
     "env": _Field(_env, nullable=True),
-    "transport": _Field(_choice("ssh", "local")),
+    "transport": _Field(_choice("ssh", "openssh", "local")),
     "slots": _Field(_pos_int, nullable=True),
     "speed": _Field(_pos_float, nullable=True),
     "tags": _Field(_tags, nullable=True),

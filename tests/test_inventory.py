@@ -531,7 +531,7 @@ MACHINE_ERRORS = [
     ("port: null", "port", "expected a port number (1-65535), got null"),
     ("port: '22'", "port", 'expected a port number (1-65535), got "22"'),
     ("connect_timeout: 0", "connect_timeout", "expected a positive number, got 0"),
-    ("transport: sssh", "transport", 'expected one of "ssh", "local", got "sssh"'),
+    ("transport: sssh", "transport", 'expected one of "ssh", "openssh", "local", got "sssh"'),
     ("user: 1000", "user", "expected a string, got 1000"),
     ("user: ''", "user", "must not be empty"),
     ("host: 'ci@pi.lan'", "host",

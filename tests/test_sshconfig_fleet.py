@@ -21,7 +21,7 @@ from fleetshard.errors import ConnectError
 from fleetshard.inventory import Machine, load_inventory
 from fleetshard.transport import transport_for
 
-TRANSPORTS = ["ssh"]
+TRANSPORTS = ["ssh", "openssh"]
 
 
 @pytest.fixture
@@ -217,6 +217,10 @@ def test_match_canonical_and_unknown_keywords_are_warned(tmp_path: Path, home: P
     assert "ControlMaster" not in text            # no effect on fleetshard: not warned
     assert len(m.warnings) == 3
     assert where(m) == "h1"                        # and it still connects, verifying the host key
+    (o,) = load(tmp_path, config, "box: {}\n", "openssh")   # ssh honours the rest itself
+    assert o.warnings == (f"{tmp_path / 'ssh_config'}: StrictHostKeyChecking is ignored: host keys are always "
+                          "verified (--accept-new-host-keys records new ones) (Host box)",)
+    assert where(o) == "h1"
 
 
 def test_host_patterns_are_case_sensitive(tmp_path: Path, home: Path, fleet: SshFleet) -> None:

@@ -12,6 +12,10 @@ def transport_for(machine: Machine, *, accept_new_host_keys: bool = False) -> Tr
     """The transport a machine's inventory entry asks for."""
     if machine.transport == "local":
         return LocalTransport(machine)
+    if machine.transport == "openssh":
+        from .openssh import OpenSshTransport
+
+        return OpenSshTransport(machine, accept_new_host_keys=accept_new_host_keys)
     return SshTransport(machine, accept_new_host_keys=accept_new_host_keys)
 
 
