@@ -137,7 +137,7 @@ def test_unknown_host_key_refused_unless_accept_new(fleet: SshFleet, tmp_path: P
         t = OpenSshTransport(machine(fleet, known_hosts=str(known)), accept_new_host_keys=accept)
         try:
             await t.connect()
-            result, out = await t.run('echo "$FLEETSHARD_TEST_HOST"', timeout=20)
+            _, out = await t.run('echo "$FLEETSHARD_TEST_HOST"', timeout=20)
             return out.strip()
         finally:
             await t.close()
