@@ -17,7 +17,6 @@ from .errors import ConnectError
 from .events import OutputLine, ShardFinished, ShardStarted
 from .machines import MachineHandle
 from .model import Outcome, Shard
-from .scheduler import ShardRunning
 from .suite import junit_path, shard_command
 from .transport import RemoteProcess
 from .transport.base import ProcessResult
@@ -105,7 +104,7 @@ class Attempt:
                 await h.check_lost(run.result.error)
             if outcome.is_infra and h.status == "healthy":
                 # shown in its row; still takes work until drained or lost
-                h.set_status("degraded", reason, publish=True)
+                h.set_status("degraded", reason)
             if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
                 junit_local = await self._fetch_junit(run.junit_remote)
                 from .workspace import collect_artifacts
@@ -137,14 +136,14 @@ class Attempt:
         run.command = shard_command(suite, shard=shard, machine=h.name, run_id=ctx.run_id,
                                     attempt=self.number, junit=run.junit_remote or "")
         log.write(f"# {h.name}: {run.command}\n")
-        stream, publish, tail, now = ctx.opts.stream, ctx.publish, run.tail, ctx.now
+        output, emit, tail, now = ctx.output, ctx.emit, run.tail, ctx.now
         shard_id, number, machine = shard.id, self.number, h.name
 
         def on_line(line: str) -> None:
             log.write(line + "\n")
             tail.append(line)
-            if stream:
-                publish(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line, at=now()))
+            if output:
+                emit(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line, at=now()))
 
         if self.cancel_reason is not None:
             raise _NotStarted
@@ -152,8 +151,7 @@ class Attempt:
                                             env=h.env(shard, self.number, run.junit_remote), on_line=on_line)
         self.wait = asyncio.ensure_future(self.proc.wait())
         run.started = ctx.now()
-        ctx.emit(ShardRunning(shard_id=shard.id, attempt=self.number, machine=h.name, at=run.started))
-        ctx.publish(ShardStarted(machine=h.name, shard=shard, attempt=self.number, command=run.command,
+        ctx.emit(ShardStarted(machine=h.name, shard=shard, attempt=self.number, command=run.command,
                                  log_path=str(run.log_path), at=run.started, speculative=self.speculative))
         if self.cancel_reason is not None and (self.killing is None or self.killing.done()):
             self.killing = asyncio.create_task(self.stop())      # cancelled while it was starting

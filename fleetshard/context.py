@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .events import Event, Notice
+from .events import Notice
 from .inventory import Inventory
 from .suite import Suite
 
@@ -68,7 +68,7 @@ class RunContext:
     hurry: bool = False               # a second Ctrl-C: KILL at once, no grace period
     notes: list[str] = field(default_factory=list)     # for the run record ("no JUnit from s003")
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    subscribers: list[Any] = field(default_factory=list)
+    output: bool = False              # emit OutputLine events (a subscriber wants the output)
     t0: float = 0.0
     t0_wall: float = 0.0
 
@@ -89,16 +89,12 @@ class RunContext:
         return self.inv.base_dir / ".fleetshard" / "runs" / self.run_id
 
     def emit(self, event: Any) -> None:
-        """Put an event (or a scheduler input) on the run's one queue."""
+        """Put an event (or a scheduler input) on the run's one queue; the coordinator loop takes it off,
+        feeds the scheduler and hands it to the subscribers."""
         self.queue.put_nowait(event)
 
-    def publish(self, event: Event) -> None:
-        """Hand an event to every subscriber now (the coordinator loop's fan-out)."""
-        for sub in self.subscribers:
-            sub.handle(event)
-
     def notice(self, text: str, level: str = "info", machine: str | None = None) -> None:
-        self.publish(Notice(text=text, at=self.now(), level=level, machine=machine))
+        self.emit(Notice(text=text, at=self.now(), level=level, machine=machine))
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .attempt import Attempt
 from .context import RunContext
@@ -26,9 +26,12 @@ from .events import (
     ShardFinished,
     ShardNotRun,
     ShardRetrying,
+    ShardStarted,
+    Tick,
 )
 from .machines import MachineHandle
 from .model import EXIT_OK, RetryPolicy
+from .record import RunRecord
 from .recorder import Recorder, write_results
 from .scheduler import (
     Cancel,
@@ -42,7 +45,6 @@ from .scheduler import (
     RetryDue,
     Scheduler,
     Start,
-    Tick,
 )
 from .session import Prepared
 
@@ -65,56 +67,116 @@ def backoff_from_tenacity(policy: RetryPolicy, jitter: float) -> Callable[[int],
     return backoff
 
 
-class Coordinator:
-    """Runs a prepared plan to the end. Views subscribe with :meth:`subscribe` and get every event."""
+class _Flush:
+    """A marker on the queue: its future is set once every event before it has been handled."""
 
-    def __init__(self, ctx: RunContext, renderer: Any) -> None:
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Subscriber(Protocol):
+    def handle(self, event: Event) -> None: ...
+
+
+SCHEDULER_INPUTS = (ShardStarted, ShardFinished, MachineStatus, RetryDue, CancelRun, Tick, Start)
+
+
+class Coordinator:
+    """The one consumer of the run's queue. Every event, whoever produced it, is taken off the queue
+    here, fed to the scheduler (when it is one of its inputs) and handed to every subscriber, in the
+    order it was emitted; then the scheduler's decisions are carried out. Views (renderers, the
+    recorder, a dashboard, a journal) :meth:`subscribe` and see exactly that order."""
+
+    def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.machines: Mapping[str, MachineHandle] = {}
-        self.renderer = renderer
+        self.subscribers: list[Subscriber] = []
         self.recorder = Recorder(ctx)
+        self.sched: Scheduler | None = None
         self.attempts: dict[tuple[str, int], Attempt] = {}
         self.interrupts = 0
         self.exit_code: int | None = None
         self.timers: list[asyncio.TimerHandle] = []
         self.background: set[asyncio.Future[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._settled: asyncio.Future[None] | None = None
         self.subscribe(self.recorder)
 
-    # -- plumbing ---------------------------------------------------------------------------------
-    def subscribe(self, subscriber: Any) -> None:
-        """``subscriber.handle(event)`` is called for every event of the run, in the loop's order."""
-        if subscriber not in self.ctx.subscribers:
-            self.ctx.subscribers.append(subscriber)
+    # -- subscribers --------------------------------------------------------------------------------
+    def subscribe(self, subscriber: Subscriber, *, output: bool = False) -> None:
+        """``subscriber.handle(event)`` is called for every event of the run, in the loop's order, each
+        with its own ``at``. ``output=True``: it wants every OutputLine of every attempt too."""
+        if subscriber not in self.subscribers:
+            self.subscribers.append(subscriber)
+        if output:
+            self.ctx.output = True
 
-    def unsubscribe(self, subscriber: Any) -> None:
-        if subscriber in self.ctx.subscribers:
-            self.ctx.subscribers.remove(subscriber)
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber in self.subscribers:
+            self.subscribers.remove(subscriber)
 
-    def publish(self, event: Event) -> None:
-        self.ctx.publish(event)
-
-    def _spawn(self, coro: Any) -> None:
-        """A fire-and-forget task, kept referenced until it is done."""
-        task = asyncio.ensure_future(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    def interrupt(self) -> None:
-        self.interrupts += 1
-        if self.interrupts == 1:
-            self.ctx.emit(CancelRun(reason="interrupted", at=self.ctx.now()))
-        else:
-            self.ctx.hurry = True
-            for att in list(self.attempts.values()):
-                self._spawn(att.signal("KILL"))
-
-    def close(self) -> None:
-        for task in list(self.background):
-            task.cancel()
-        for timer in self.timers:
-            timer.cancel()
+    def _publish(self, event: Event) -> None:
+        for sub in list(self.subscribers):
+            sub.handle(event)
 
     # -- the loop -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start taking events off the queue (probing and planning already emit notices)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop())
+
+    async def flush(self) -> None:
+        """Wait until every event emitted so far has reached the subscribers."""
+        if self._loop_task is None or self._loop_task.done():
+            self._drain()
+            return
+        marker = _Flush()
+        self.ctx.emit(marker)
+        await marker.done
+
+    async def stop(self) -> None:
+        """Hand every queued event out, then stop the loop."""
+        await self.flush()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        self._drain()
+
+    async def _loop(self) -> None:
+        queue = self.ctx.queue
+        while True:
+            event = await queue.get()
+            try:
+                self._dispatch(event)
+            except Exception as exc:  # a bug: the run ends with it, but the loop keeps handing out events
+                if self._settled is not None and not self._settled.done():
+                    self._settled.set_exception(exc)
+                else:
+                    raise
+
+    def _drain(self) -> None:
+        while not self.ctx.queue.empty():
+            self._dispatch(self.ctx.queue.get_nowait())
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, _Flush):
+            if not event.done.done():
+                event.done.set_result(None)
+            return
+        decisions: Sequence[Decision] = ()
+        sched = self.sched
+        if sched is not None and not sched.done and isinstance(event, SCHEDULER_INPUTS):
+            decisions = sched.on(event)
+        if isinstance(event, ShardFinished):
+            self.attempts.pop((event.shard.id, event.attempt), None)
+        if not isinstance(event, (RetryDue, CancelRun, Start)):
+            self._publish(event)
+        self._apply(decisions)
+        if sched is not None and sched.done and self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+
+    # -- signals ------------------------------------------------------------------------------------
     def install_signals(self) -> Callable[[], None]:
         """SIGINT and SIGTERM cancel the run (see :meth:`interrupt`); returns the undo."""
         loop = asyncio.get_running_loop()
@@ -128,9 +190,36 @@ class Coordinator:
 
         return remove
 
-    async def run(self, p: Prepared) -> int:
+    def interrupt(self) -> None:
+        """First Ctrl-C: cancel the run (TERM, KILL after the grace period). Second: KILL at once."""
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.ctx.emit(CancelRun(reason="interrupted", at=self.ctx.now()))
+        else:
+            self.ctx.hurry = True
+            for att in list(self.attempts.values()):
+                self._spawn(att.signal("KILL"))
+
+    def _spawn(self, coro: Any) -> None:
+        """A fire-and-forget task, kept referenced until it is done."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        for timer in self.timers:
+            timer.cancel()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+
+    # -- the run ------------------------------------------------------------------------------------
+    async def run(self, p: Prepared, finish: Callable[[RunRecord], None] | None = None) -> int:
+        """Run the plan to the end; returns the exit code. ``finish(record)`` is called last."""
         ctx = self.ctx
         self.machines = p.machines
+        self.start()
         inv, opts = ctx.inv, ctx.opts
         retry = inv.retry
         policy = RetryPolicy(
@@ -139,50 +228,42 @@ class Coordinator:
             backoff_factor=retry.backoff_factor, backoff_max=retry.backoff_max, drain_after=retry.drain_after,
             fail_fast=opts.fail_fast, speculate=opts.speculate)
         jitter = retry.jitter if opts.backoff_jitter else 0.0
-        sched = Scheduler(p.shards, p.slots, policy, strategy=p.strategy,  # type: ignore[arg-type]
-                          assignment=p.assignment, backoff=backoff_from_tenacity(policy, jitter))
         (ctx.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.renderer.start()
+        await self.flush()                            # what probing and planning said comes first
         infos = tuple(MachineInfo(name=h.name, slots=h.slots if h.status == "healthy" else 0,
                                   speed=h.speed, status=h.status,
                                   reason="; ".join(h.health.reasons) if h.health else "")
                       for h in self.machines.values())
-        self.publish(RunStarted(run_id=ctx.run_id, machines=infos, shards=tuple(p.shards), strategy=p.strategy,
-                                expected_makespan=p.expected, lower_bound=p.lower,
-                                log_dir=str(ctx.run_dir / "logs"), at=ctx.now()))
+        ctx.emit(RunStarted(run_id=ctx.run_id, machines=infos, shards=tuple(p.shards), strategy=p.strategy,
+                            expected_makespan=p.expected, lower_bound=p.lower,
+                            log_dir=str(ctx.run_dir / "logs"), at=ctx.now()))
+        await self.flush()
+        sched = Scheduler(p.shards, p.slots, policy, strategy=p.strategy,  # type: ignore[arg-type]
+                          assignment=p.assignment, backoff=backoff_from_tenacity(policy, jitter))
+        self._settled = asyncio.get_running_loop().create_future()
+        self.sched = sched
         ticker = asyncio.create_task(self._ticker())
         prober = asyncio.create_task(self._reprober())
         try:
             if self.interrupts:                       # Ctrl-C while probing or planning: launch nothing
-                await self._apply(sched.on(CancelRun(reason="interrupted", at=ctx.now())))
-            await self._apply(sched.on(Start(at=ctx.now())))
-            while not sched.done:
-                event = await ctx.queue.get()
-                if isinstance(event, (ShardFinished, MachineStatus)):
-                    self.publish(event)
-                    if isinstance(event, ShardFinished):
-                        self.attempts.pop((event.shard.id, event.attempt), None)
-                await self._apply(sched.on(event))
+                ctx.emit(CancelRun(reason="interrupted", at=ctx.now()))
+            ctx.emit(Start(at=ctx.now()))
+            await self._settled
         finally:
             ticker.cancel()
             prober.cancel()
             await self._shutdown()
-            self._drain()
+            await self.flush()
         code = sched.exit_code if sched.exit_code is not None else EXIT_OK
         if self.interrupts:
             code = 130
         record = self.recorder.record(sched, p.shards, self.machines, p.strategy, code, p.expected, p.lower)
         write_results(ctx, record, p.history)
-        self.publish(RunFinished(exit_code=code, at=ctx.now(), summary=record.counts()))
-        self.renderer.finish(record)
+        ctx.emit(RunFinished(exit_code=code, at=ctx.now(), summary=record.counts()))
+        await self.stop()
+        if finish is not None:
+            finish(record)
         return code
-
-    def _drain(self) -> None:
-        """After the loop: what is still queued reaches the subscribers (attempts cancelled at shutdown)."""
-        while not self.ctx.queue.empty():
-            event = self.ctx.queue.get_nowait()
-            if isinstance(event, ShardFinished):
-                self.recorder.handle(event)
 
     async def _ticker(self) -> None:
         """Ticks for the scheduler; and a watchdog: when no machine has been healthy for a long time,
@@ -194,7 +275,6 @@ class Coordinator:
             await asyncio.sleep(1.0)
             now = ctx.now()
             ctx.emit(Tick(at=now))
-            self.renderer.tick()
             unhealthy = [h for h in self.machines.values() if h.status == "unhealthy"]
             if any(h.status in ("healthy", "degraded") for h in self.machines.values()) or not unhealthy:
                 none_healthy_since = None
@@ -222,7 +302,7 @@ class Coordinator:
     def _retry_due(self, shard_id: str) -> None:
         self.ctx.emit(RetryDue(shard_id=shard_id, at=self.ctx.now()))
 
-    async def _apply(self, decisions: Sequence[Decision]) -> None:
+    def _apply(self, decisions: Sequence[Decision]) -> None:
         ctx = self.ctx
         for d in decisions:
             if isinstance(d, Launch):
@@ -230,7 +310,7 @@ class Coordinator:
                 self.attempts[att.key] = att
                 att.launch()
             elif isinstance(d, Retry):
-                self.publish(ShardRetrying(shard=d.shard, next_attempt=d.next_attempt, after_s=d.after_s,
+                self._publish(ShardRetrying(shard=d.shard, next_attempt=d.next_attempt, after_s=d.after_s,
                                            avoid=d.avoid, reason=d.reason, at=ctx.now()))
                 self.timers.append(asyncio.get_running_loop().call_later(d.after_s, self._retry_due, d.shard.id))
             elif isinstance(d, Cancel):
@@ -241,9 +321,9 @@ class Coordinator:
                 h = self.machines.get(d.machine)
                 if h is not None:
                     h.status = "drained"
-                self.publish(MachineStatus(machine=d.machine, status="drained", reason=d.reason, at=ctx.now()))
+                self._publish(MachineStatus(machine=d.machine, status="drained", reason=d.reason, at=ctx.now()))
             elif isinstance(d, NotRun):
-                self.publish(ShardNotRun(shard=d.shard, reason=d.reason, at=ctx.now()))
+                self._publish(ShardNotRun(shard=d.shard, reason=d.reason, at=ctx.now()))
             elif isinstance(d, Finish):
                 self.exit_code = d.exit_code
 

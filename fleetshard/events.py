@@ -115,6 +115,13 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """About once a second, events or not: the scheduler may speculate, views refresh their status."""
+
+    at: float
+
+
+@dataclass(frozen=True)
 class RunFinished:
     exit_code: int
     at: float
@@ -122,4 +129,4 @@ class RunFinished:
 
 
 Event = (RunStarted | ShardStarted | OutputLine | ShardFinished | ShardRetrying | ShardNotRun
-         | MachineStatus | Notice | RunFinished)
+         | MachineStatus | Notice | Tick | RunFinished)

@@ -70,13 +70,9 @@ class MachineHandle:
                 env["FLEETSHARD_JUNIT"] = junit
         return env
 
-    def set_status(self, status: str, reason: str, *, publish: bool = False) -> None:
+    def set_status(self, status: str, reason: str) -> None:
         self.status = status
-        event = MachineStatus(machine=self.name, status=status, reason=reason, at=self.ctx.now())
-        if publish:
-            self.ctx.publish(event)
-        else:
-            self.ctx.emit(event)
+        self.ctx.emit(MachineStatus(machine=self.name, status=status, reason=reason, at=self.ctx.now()))
 
     async def ready(self, prepare: Prepare) -> str | None:
         """Connect, create the workdir, sync and run setup once per machine; why not, or None."""

@@ -40,6 +40,7 @@ from .events import (
     ShardNotRun,
     ShardRetrying,
     ShardStarted,
+    Tick,
 )
 from .model import (
     EXIT_INFRA,
@@ -202,7 +203,7 @@ class RunState:
             self._apply(event)
 
     def _apply(self, event: Event) -> None:
-        now = self.clock()
+        now = event.at                          # the event's own time: a replay shows what was live
         if isinstance(event, RunStarted):
             self.run_id, self.strategy, self.log_dir = event.run_id, event.strategy, event.log_dir
             self.expected_makespan, self.lower_bound = event.expected_makespan, event.lower_bound
@@ -571,6 +572,7 @@ class PlainRenderer:
         self._t0: float | None = None
         self._status_due: float | None = None
         self._stopped = False
+        self._at: float | None = None           # the time of the event being rendered
 
     # ---- output
 
@@ -580,8 +582,11 @@ class PlainRenderer:
             file.write(clean_line(line) + "\n")
         file.flush()
 
+    def _now(self) -> float:
+        return self.clock() if self._at is None else self._at
+
     def _stamp(self) -> str:
-        now = self.clock()
+        now = self._now()
         if self._t0 is None:
             self._t0 = now
         return f"[{format_offset(now - self._t0)}]"
@@ -604,9 +609,20 @@ class PlainRenderer:
         self._stopped = True
 
     def handle(self, event: Event) -> None:
+        self._at = event.at
+        try:
+            self._handle(event)
+        finally:
+            self._at = None
+
+    def _handle(self, event: Event) -> None:
         self.state.apply(event)
+        if isinstance(event, Tick):
+            if not self._stopped:
+                self._maybe_status()
+            return
         if isinstance(event, RunStarted):
-            self._t0 = self.clock()
+            self._t0 = event.at
             self._status_due = self._t0 + self.status_every if self.status_every > 0 else None
             if not self.quiet:
                 self._line(_run_started_text(event))
@@ -667,7 +683,7 @@ class PlainRenderer:
     def _maybe_status(self) -> None:
         if self._status_due is None or self.quiet:
             return
-        now = self.clock()
+        now = self._now()
         if now < self._status_due:
             return
         self._line(f"status: {self.state.status_line()}")

@@ -34,8 +34,9 @@ async def run_main(inv: Inventory, opts: RunOptions) -> int:
     ctx = RunContext(inv=inv, opts=opts, suite=suite)
     renderer = make_renderer(console=opts.console, live=opts.live, stream=opts.stream, quiet=opts.quiet,
                              verbose=opts.verbose, clock=ctx.clock)
-    coordinator = Coordinator(ctx, renderer)
-    coordinator.subscribe(renderer)             # notices from probing and planning are shown too
+    coordinator = Coordinator(ctx)
+    coordinator.subscribe(renderer, output=opts.stream)   # notices from probing and planning are shown too
+    coordinator.start()
     transports = {m.name: transport_for(m, accept_new_host_keys=opts.accept_new_host_keys) for m in selected}
     remove_signals: Callable[[], None] = (lambda: None) if opts.dry_run else coordinator.install_signals()
     history: Any = None
@@ -43,13 +44,16 @@ async def run_main(inv: Inventory, opts: RunOptions) -> int:
         history = open_history(ctx)
         prepared = await prepare(ctx, selected, transports, history)
         if opts.dry_run:
+            await coordinator.flush()
             print_plan(opts.console, prepared)
             return EXIT_OK
         ctx.timeout = opts.timeout if opts.timeout is not None else suite.config.timeout
         ctx.commit = opts.commit or git_head(inv.base_dir)
-        return await coordinator.run(prepared)
+        renderer.start()
+        return await coordinator.run(prepared, finish=renderer.finish)
     finally:
         remove_signals()
+        await coordinator.stop()
         coordinator.close()
         renderer.stop()
         if history is not None:

@@ -1,6 +1,6 @@
 """The scheduler: a pure state machine that turns run events into decisions.
 
-No asyncio, no clock, no I/O. The runner feeds it events (:class:`Start`, :class:`ShardRunning`,
+No asyncio, no clock, no I/O. The coordinator feeds it events (:class:`Start`, :class:`ShardStarted`,
 :class:`fleetshard.events.ShardFinished`, :class:`RetryDue`, :class:`fleetshard.events.MachineStatus`,
 :class:`CancelRun`, :class:`Tick`) through :meth:`Scheduler.on` and carries out the decisions it returns
 (:class:`Launch`, :class:`Retry`, :class:`Cancel`, :class:`Drain`, :class:`NotRun`, :class:`Finish`).
@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .events import MachineStatus, ShardFinished
+from .events import MachineStatus, ShardFinished, ShardStarted, Tick
 from .model import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -80,14 +80,7 @@ class CancelRun:
     at: float
 
 
-@dataclass(frozen=True)
-class Tick:
-    """Periodic nudge; may produce launches (speculation)."""
-
-    at: float
-
-
-SchedulerEvent = Start | ShardRunning | ShardFinished | RetryDue | MachineStatus | CancelRun | Tick
+SchedulerEvent = Start | ShardRunning | ShardStarted | ShardFinished | RetryDue | MachineStatus | CancelRun | Tick
 
 # --------------------------------------------------------------------------------------------- decisions
 
@@ -318,8 +311,8 @@ class Scheduler:
             self._started = True
             for sr in self._shards.values():
                 sr.queued_at = at
-        elif isinstance(event, ShardRunning):
-            running = self._shards.get(event.shard_id)
+        elif isinstance(event, (ShardRunning, ShardStarted)):
+            running = self._shards.get(event.shard.id if isinstance(event, ShardStarted) else event.shard_id)
             rec = running.active.get(event.attempt) if running else None
             if rec is not None and rec.running_at is None:
                 rec.running_at = at
