@@ -282,5 +282,30 @@ def serve(
     _finish(call)
 
 
+@app.command()
+def init(
+    output: Annotated[Path, typer.Option("-o", "--output", help="The file to write.")] = Path("machines.yaml"),
+    from_ssh_config: Annotated[bool, typer.Option(
+        "--from-ssh-config", help="Machines from the Host aliases of ~/.ssh/config (patterns skipped).")] = False,
+    from_ansible: Annotated[str | None, typer.Option(
+        "--from-ansible", metavar="INVENTORY",
+        help="Machines from an Ansible inventory (needs ansible-inventory); groups become tags.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    no_probe: Annotated[bool, typer.Option("--no-probe", help="Do not probe machines to fill in slots.")]
+        = False,
+    gitignore: Annotated[bool, typer.Option("--gitignore", help="Add .fleetshard/ to .gitignore.")] = False,
+    accept_new_host_keys: AcceptOpt = False,
+) -> None:
+    """Write a commented machines.yaml for the project in this directory. Never overwrites without --force."""
+    from .init import init_command
+
+    def call() -> int:
+        return init_command(output=output, from_ssh_config=from_ssh_config, from_ansible=from_ansible,
+                            force=force, probe=not no_probe, gitignore=gitignore,
+                            accept_new_host_keys=accept_new_host_keys, echo=typer.echo)
+
+    _finish(call)
+
+
 def main() -> None:
     app()

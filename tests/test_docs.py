@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 WORKFLOW = ROOT / "examples" / "github-actions" / "fleetshard.yml"
-COMMANDS = ("health", "plan", "run", "history", "report", "serve")
+COMMANDS = ("init", "health", "plan", "run", "history", "report", "serve")
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
                     re.MULTILINE | re.DOTALL)
