@@ -63,6 +63,7 @@ def test_four_machines_pass_and_fail(strategy: str, fleet: SshFleet, fleet_inven
     fs = suite_factory(specs(16, 0.2))
     inv = fleet_inventory(suite=fs.suite())
     junit, js = tmp_path / "out" / "junit.xml", tmp_path / "out" / "report.json"
+    junit.parent.mkdir()                        # report paths need an existing directory
     res = fleetshard("run", "-i", inv, "--strategy", strategy, "--junit", junit, "--json-report", js)
     assert res.code == 0, res.out + res.err
     data = report(js)
