@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -16,8 +17,9 @@ from .context import RunContext
 from .errors import ConnectError
 from .events import OutputLine, ShardFinished, ShardStarted
 from .machines import MachineHandle
-from .model import Outcome, Shard
-from .suite import junit_path, shard_command
+from .model import Outcome, Shard, TestFailure
+from .results import add_collection_errors, judge
+from .suite import junit_path, shard_invocation
 from .transport import RemoteProcess
 from .transport.base import ProcessResult
 
@@ -50,6 +52,7 @@ class Attempt:
     shard: Shard
     number: int
     speculative: bool = False
+    only: tuple[str, ...] | None = None     # rerun exactly these test ids (a retry of failed tests)
     proc: RemoteProcess | None = None
     wait: asyncio.Future[ProcessResult] | None = None
     cancel_reason: str | None = None
@@ -85,6 +88,8 @@ class Attempt:
         outcome, reason = Outcome.INFRA_FAILED, "internal error"
         junit_local = None
         artifacts: list[str] = []
+        failures: tuple[TestFailure, ...] = ()
+        rerun: tuple[str, ...] | None = None
         try:
             with open(run.log_path, "w", encoding="utf-8") as log:
                 try:
@@ -107,6 +112,7 @@ class Attempt:
                 h.set_status("degraded", reason)
             if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
                 junit_local = await self._fetch_junit(run.junit_remote)
+                outcome, reason, failures, rerun, junit_local = self._judge(outcome, reason, run, junit_local)
                 from .workspace import collect_artifacts
 
                 artifacts = await collect_artifacts(h, shard, self.number)
@@ -121,7 +127,23 @@ class Attempt:
                 machine=h.name, shard=shard, attempt=self.number, outcome=outcome,
                 exit_status=result.exit_status, signal=result.signal, reason=reason, started_at=run.started,
                 at=ended, log_path=str(run.log_path), tail=tuple(run.tail), speculative=self.speculative,
-                command=run.command, junit_path=junit_local, artifacts=tuple(artifacts)))
+                command=run.command, junit_path=junit_local, artifacts=tuple(artifacts), failures=failures,
+                rerun=rerun))
+
+    def _judge(self, outcome: Outcome, reason: str, run: _Gathered, junit: str | None
+               ) -> tuple[Outcome, str, tuple[TestFailure, ...], tuple[str, ...] | None, str | None]:
+        """The verdict from the attempt's tests (JUnit first; the exit code only without one)."""
+        ctx, shard = self.ctx, self.shard
+        suite, listing = ctx.suite, ctx.listing
+        if listing is not None and listing.errors:
+            mine = [p for p in listing.errors if p.file in shard.files]
+            if mine and self.only is None:
+                junit = add_collection_errors(
+                    junit, mine, ctx.run_dir / "junit" / f"{shard.id}-{self.number}-with-load-errors.xml")
+        verdict = judge(outcome, reason, run.result.exit_status, junit if suite.uses_junit else None,
+                        ok_exit_codes=suite.ok_exit_codes, adapter=suite.adapter, listing=listing,
+                        files=shard.files)
+        return verdict.outcome, verdict.reason, verdict.failures, verdict.rerun, junit
 
     async def _body(self, log: TextIO, run: _Gathered) -> tuple[Outcome, str]:
         from .workspace import prepare_machine
@@ -133,8 +155,16 @@ class Attempt:
             raise ConnectError(problem)
         if suite.uses_junit:
             run.junit_remote = junit_path(suite, run_id=ctx.run_id, shard=shard, attempt=self.number)
-        run.command = shard_command(suite, shard=shard, machine=h.name, run_id=ctx.run_id,
-                                    attempt=self.number, junit=run.junit_remote or "")
+        invocation = shard_invocation(suite, shard=shard, machine=h.name, run_id=ctx.run_id,
+                                      attempt=self.number, junit=run.junit_remote or "", only=self.only)
+        run.command = invocation.command
+        for path, text in invocation.files.items():          # long test lists, on the machine first
+            parent = path.rsplit("/", 1)[0] if "/" in path else "."
+            wrote, out = await h.transport.run(
+                f"mkdir -p -- {shlex.quote(parent)} && cat > {shlex.quote(path)}", cwd=h.workdir, stdin=text,
+                timeout=60)
+            if wrote.exit_status != 0:
+                raise ConnectError(f"cannot write {path} on {h.name}: {wrote.error or out.strip()[-200:]}")
         log.write(f"# {h.name}: {run.command}\n")
         output, emit, tail, now = ctx.output, ctx.emit, run.tail, ctx.now
         shard_id, number, machine = shard.id, self.number, h.name

@@ -17,6 +17,7 @@ from typing import Any
 
 from .events import Notice
 from .inventory import Inventory
+from .runners import Listing
 from .suite import Suite
 
 
@@ -71,6 +72,7 @@ class RunContext:
     output: bool = False              # emit OutputLine events (a subscriber wants the output)
     t0: float = 0.0
     t0_wall: float = 0.0
+    listing: Listing | None = None    # the runner's own listing, from discovery (runner suites)
 
     def __post_init__(self) -> None:
         self.t0 = self.clock()

@@ -306,7 +306,7 @@ class Coordinator:
         ctx = self.ctx
         for d in decisions:
             if isinstance(d, Launch):
-                att = Attempt(ctx, self.machines[d.machine], d.shard, d.attempt, d.speculative)
+                att = Attempt(ctx, self.machines[d.machine], d.shard, d.attempt, d.speculative, d.only)
                 self.attempts[att.key] = att
                 att.launch()
             elif isinstance(d, Retry):

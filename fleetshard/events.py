@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Outcome, Shard
+from .model import Outcome, Shard, TestFailure
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class ShardFinished:
     command: str = ""                 # the command as run ("" when it never started)
     junit_path: str | None = None     # local copy of the attempt's JUnit XML
     artifacts: tuple[str, ...] = ()   # local copies of the attempt's artifacts
+    failures: tuple[TestFailure, ...] = ()   # the failing tests its JUnit names (or its files, without)
+    rerun: tuple[str, ...] | None = None     # test ids that rerun exactly its failures (None: the shard)
 
     @property
     def duration(self) -> float:

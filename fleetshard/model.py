@@ -48,6 +48,18 @@ class Shard:
 
 
 @dataclass(frozen=True)
+class TestFailure:
+    """A failing test as its runner reports it: what the failure announcements name."""
+
+    __test__ = False                  # not a test class, for pytest's collector
+
+    name: str                         # the runner's id or name (pytest node id, Playwright title path)
+    message: str = ""                 # the first line of the runner's message
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
 class MachineSlots:
     """What the scheduler knows of a machine: how many shards at once, and how fast."""
 

@@ -14,15 +14,16 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .model import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, Outcome
+from .model import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, Outcome, TestFailure
 from .record import AttemptRecord, RunRecord, ShardRecord, TestRecord
+from .runners import Adapter, CollectionProblem, FailedCase, Listing
 
 FAILING = frozenset({"failed", "error"})
 
@@ -39,6 +40,8 @@ class ParsedCase:
     time: float
     outcome: str                      # passed | failed | error | skipped
     message: str = ""
+    line: int | None = None           # as the JUnit writes it (pytest's xunit1: 0-based)
+    text: str = ""                    # the failure's body (first 4000 characters)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -104,13 +107,20 @@ def _file_from_classname(classname: str) -> str | None:
     return None
 
 
-def _outcome_of(case: ET.Element) -> tuple[str, str]:
+def _outcome_of(case: ET.Element) -> tuple[str, str, str]:
     for tag, outcome in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
         child = case.find(tag)
         if child is not None:
             message = child.get("message") or (child.text or "").strip().split("\n", 1)[0]
-            return outcome, message[:1000]
-    return "passed", ""
+            return outcome, message[:1000], (child.text or "")[:4000]
+    return "passed", "", ""
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _load(path: str | Path) -> list[tuple[ParsedCase, ET.Element]]:
@@ -132,10 +142,10 @@ def _load(path: str | Path) -> list[tuple[ParsedCase, ET.Element]]:
             elif child.tag == "testcase":
                 classname = child.get("classname") or ""
                 file = child.get("file") or suite_file or _file_from_classname(classname)
-                outcome, message = _outcome_of(child)
+                outcome, message, text = _outcome_of(child)
                 found.append((ParsedCase(name=child.get("name") or "", classname=classname, file=file,
                                          time=_float(child.get("time")), outcome=outcome,
-                                         message=message), child))
+                                         message=message, line=_int(child.get("line")), text=text), child))
 
     walk(root, None)
     return found
@@ -205,26 +215,6 @@ def deciding_attempt(shard: ShardRecord, attempts: Sequence[AttemptRecord]) -> A
     return live[-1] if live else None
 
 
-def _earlier_failures(attempts: Sequence[AttemptRecord], deciding: AttemptRecord,
-                      notes: list[str]) -> dict[tuple[str, str, str], AttemptRecord]:
-    """Testcases that failed in the shard's other (non-deciding) attempts, keyed by (classname, name)."""
-    failed: dict[tuple[str, str, str], AttemptRecord] = {}
-    for attempt in attempts:
-        if attempt is deciding or not attempt.junit_path or attempt.outcome == Outcome.CANCELLED:
-            continue
-        if attempt.attempt > deciding.attempt:
-            continue
-        try:
-            cases = parse_junit(attempt.junit_path)
-        except JunitError as exc:
-            notes.append(_junit_note(attempt, exc))
-            continue
-        for case in cases:
-            if case.outcome in FAILING:
-                failed.setdefault(case.key, attempt)
-    return failed
-
-
 def _junit_note(attempt: AttemptRecord, exc: JunitError) -> str:
     return (f"shard {attempt.shard_id}: JUnit XML of attempt {attempt.attempt} on {attempt.machine} "
             f"is unusable: {exc}")
@@ -243,12 +233,30 @@ def _dedupe(cases: Iterable[tuple[ParsedCase, ET.Element]]) -> list[tuple[Parsed
 
 
 @dataclass
+class _Case:
+    parsed: ParsedCase
+    element: ET.Element
+    attempt: AttemptRecord            # the attempt whose report this is
+
+
+@dataclass
 class _ShardResult:
     shard: ShardRecord
     deciding: AttemptRecord | None
-    cases: list[tuple[ParsedCase, ET.Element]]
+    cases: list[_Case]
     flaky_from: dict[tuple[str, str, str], AttemptRecord]
     junit_ok: bool
+
+
+def _contributing(attempts: Sequence[AttemptRecord], deciding: AttemptRecord) -> list[AttemptRecord]:
+    """The attempts whose testcases make up the shard's result, oldest first, the deciding one last.
+
+    A retry of failed tests reports only those tests: the shard's result is every test's latest report
+    over its attempts that ran (never cancelled copies), so each test appears once, however often it ran.
+    """
+    ran = [a for a in attempts if a is not deciding and a.outcome in (Outcome.PASSED, Outcome.TESTS_FAILED)
+           and a.junit_path and a.attempt < deciding.attempt]
+    return [*ran, deciding]
 
 
 def _collect(record: RunRecord, notes: list[str]) -> list[_ShardResult]:
@@ -257,23 +265,35 @@ def _collect(record: RunRecord, notes: list[str]) -> list[_ShardResult]:
     for shard in record.shards:
         attempts = by_shard.get(shard.id, [])
         deciding = deciding_attempt(shard, attempts)
-        cases: list[tuple[ParsedCase, ET.Element]] = []
+        merged: dict[tuple[str, str, str], _Case] = {}
         flaky_from: dict[tuple[str, str, str], AttemptRecord] = {}
         junit_ok = False
         if deciding is not None and shard.state != "not-run":
-            if deciding.junit_path:
+            if not deciding.junit_path:
+                notes.append(_no_junit_note(shard, deciding))
+            else:
                 try:
-                    cases = _dedupe(_load(deciding.junit_path))
+                    _load(deciding.junit_path)
                     junit_ok = True
                 except JunitError as exc:
                     notes.append(_junit_note(deciding, exc))
-            else:
-                notes.append(_no_junit_note(shard, deciding))
             if junit_ok:
-                earlier = _earlier_failures(attempts, deciding, notes)
-                flaky_from = {c.key: earlier[c.key] for c, _ in cases
-                              if c.outcome == "passed" and c.key in earlier}
-        results.append(_ShardResult(shard, deciding, cases, flaky_from, junit_ok))
+                failed_before: dict[tuple[str, str, str], AttemptRecord] = {}
+                for attempt in _contributing(attempts, deciding):
+                    assert attempt.junit_path is not None
+                    try:
+                        loaded = _dedupe(_load(attempt.junit_path))
+                    except JunitError as exc:
+                        notes.append(_junit_note(attempt, exc))
+                        continue
+                    for parsed, element in loaded:
+                        previous = merged.get(parsed.key)
+                        if previous is not None and previous.parsed.outcome in FAILING:
+                            failed_before.setdefault(parsed.key, previous.attempt)
+                        merged[parsed.key] = _Case(parsed, element, attempt)
+                flaky_from = {k: failed_before[k] for k, c in merged.items()
+                              if c.parsed.outcome == "passed" and k in failed_before}
+        results.append(_ShardResult(shard, deciding, list(merged.values()), flaky_from, junit_ok))
     return results
 
 
@@ -289,12 +309,13 @@ def tests_from_record(record: RunRecord) -> list[str]:
         deciding = result.deciding
         if deciding is None:
             continue
-        for case, _ in result.cases:
+        for c in result.cases:
+            case = c.parsed
             tests.append(TestRecord(
                 name=case.name, classname=case.classname,
                 file=match_file(case.file, case.classname, result.shard.files), time=case.time,
-                outcome=case.outcome, shard_id=result.shard.id, attempt=deciding.attempt,
-                machine=deciding.machine, flaky=case.key in result.flaky_from, message=case.message))
+                outcome=case.outcome, shard_id=result.shard.id, attempt=c.attempt.attempt,
+                machine=c.attempt.machine, flaky=case.key in result.flaky_from, message=case.message))
     record.tests = tests
     return notes
 
@@ -387,9 +408,10 @@ def _suite_for(result: _ShardResult, stats: MergeStats) -> ET.Element:
         cases.append(_placeholder(shard, deciding, label, problem))
     else:
         assert deciding is not None
-        for parsed, element in result.cases:
+        for c in result.cases:
+            parsed, element, by = c.parsed, c.element, c.attempt
             case = copy.deepcopy(element)
-            props = [("fleetshard.machine", deciding.machine), ("fleetshard.attempt", str(deciding.attempt)),
+            props = [("fleetshard.machine", by.machine), ("fleetshard.attempt", str(by.attempt)),
                      ("fleetshard.shard", shard.id)]
             earlier = result.flaky_from.get(parsed.key)
             if earlier is not None:
@@ -398,10 +420,10 @@ def _suite_for(result: _ShardResult, stats: MergeStats) -> ET.Element:
             if earlier is not None:
                 _append_system_out(case, xml_text(
                     f"fleetshard: flaky: failed on attempt {earlier.attempt} ({earlier.machine}), "
-                    f"passed on attempt {deciding.attempt} ({deciding.machine})"))
+                    f"passed on attempt {by.attempt} ({by.machine})"))
                 stats.flaky += 1
             cases.append(case)
-        if shard.state != "passed" and not any(c.outcome in FAILING for c, _ in result.cases):
+        if shard.state != "passed" and not any(c.parsed.outcome in FAILING for c in result.cases):
             # the shard failed but its JUnit names no failing test: keep the verdict visible
             cases.append(_placeholder(shard, deciding, "failed outside its tests",
                                       f"shard failed: {_failure_reason(shard, deciding)}"))
@@ -499,3 +521,109 @@ _EXIT_DESCRIPTIONS = {
 
 def exit_code_description(code: int) -> str:
     return _EXIT_DESCRIPTIONS.get(code, f"exit code {code}")
+
+
+# --- verdicts from tests ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    """How an attempt that ran ended, judged from its tests: JUnit first, the exit code only without one."""
+
+    outcome: Outcome
+    reason: str
+    failures: tuple[TestFailure, ...] = ()
+    rerun: tuple[str, ...] | None = None      # ids that rerun exactly the failures; None: the whole shard
+
+
+def failures_of(cases: Sequence[ParsedCase], adapter: Adapter, listing: Listing | None) -> list[TestFailure]:
+    """The failing testcases, named as the runner names them, with their first message line."""
+    out = []
+    for case in cases:
+        if case.outcome not in FAILING:
+            continue
+        fc = FailedCase(case.classname, case.name, case.file, case.message)
+        name = adapter.test_id_of(fc, listing) or adapter.display_name(case.classname, case.name)
+        file = case.file or adapter.file_of(case.classname, case.name, listing)
+        line = adapter.junit_line(case.line) if case.line is not None else None
+        out.append(TestFailure(name=name, message=adapter.first_line(case.message, case.text), file=file,
+                               line=line))
+    return out
+
+
+def judge(outcome: Outcome, reason: str, exit_status: int | None, junit: str | None, *,
+          ok_exit_codes: Collection[int], adapter: Adapter, listing: Listing | None = None,
+          files: Sequence[str] = ()) -> Verdict:
+    """The verdict of an attempt that ran to its end (``outcome`` PASSED or TESTS_FAILED by exit code).
+
+    With a usable JUnit: a failing testcase fails it; with none, an exit code in ``ok_exit_codes``
+    passes it and any other fails it "outside its tests". Without JUnit the exit code decides, and the
+    failures are the shard's files. Infrastructure outcomes are returned as they are.
+    """
+    if outcome not in (Outcome.PASSED, Outcome.TESTS_FAILED):
+        return Verdict(outcome, reason)
+    ok = exit_status in ok_exit_codes
+    cases: list[ParsedCase] | None = None
+    if junit is not None:
+        try:
+            cases = [c for c, _ in _dedupe(_load(junit))]
+        except JunitError:
+            cases = None
+    if cases is None:
+        if ok:
+            return Verdict(Outcome.PASSED, "")
+        return Verdict(Outcome.TESTS_FAILED, reason or f"exit code {exit_status}",
+                       tuple(TestFailure(name=f, file=f) for f in files))
+    failures = failures_of(cases, adapter, listing)
+    if failures:
+        failed = [FailedCase(c.classname, c.name, c.file, c.message) for c in cases if c.outcome in FAILING]
+        rerun = adapter.rerun_ids(failed, listing) if adapter.reruns_tests else None
+        n = len(failures)
+        return Verdict(Outcome.TESTS_FAILED, f"{n} test{'s' if n != 1 else ''} failed (exit {exit_status})",
+                       tuple(failures), tuple(rerun) if rerun else None)
+    if ok:
+        return Verdict(Outcome.PASSED, "")
+    return Verdict(Outcome.TESTS_FAILED, f"failed outside its tests (exit {exit_status}, no failing testcase)",
+                   tuple(TestFailure(name=f, file=f) for f in files))
+
+
+def add_collection_errors(junit: str | None, problems: Sequence[CollectionProblem], out: Path) -> str | None:
+    """Add a failing testcase for each file that failed to load and that ``junit`` does not report.
+
+    Some runners (Playwright) stop without a testcase when a spec file fails to load; the listing saw
+    the error, and a broken file must never be dropped. Writes ``out`` (the JUnit plus those testcases)
+    and returns its path, or returns ``junit`` unchanged when nothing is missing.
+    """
+    if not problems:
+        return junit
+    root: ET.Element | None = None
+    reported: set[str] = set()
+    if junit is not None:
+        try:
+            root = ET.parse(junit).getroot()
+            for parsed, _ in _load(junit):
+                reported.update(x for x in (parsed.file, parsed.classname) if x)
+        except (ET.ParseError, OSError, JunitError):
+            root = None
+    missing = [p for p in problems
+               if not any(r == p.file or p.file.endswith("/" + r) or r.endswith(p.file) for r in reported)]
+    if not missing:
+        return junit
+    if root is None or root.tag not in ("testsuites", "testsuite"):
+        root = ET.Element("testsuites")
+    holder = root if root.tag == "testsuite" else ET.SubElement(root, "testsuite", name="collection errors")
+    for p in missing:
+        added = ET.SubElement(holder, "testcase", classname=xml_text(p.file), name="(failed to load)", time="0",
+                              file=xml_text(p.file))
+        if p.line is not None:
+            added.set("line", str(p.line))
+        error = ET.SubElement(added, "error", message=xml_text(p.message or "failed to load"))
+        error.text = xml_text(p.message)
+    atomic_write_bytes(out, ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n")
+    return str(out)
+
+
+def name_failures(failures: Sequence[TestFailure], limit: int = 5) -> str:
+    """``tests/a.py::test_x (assert 1 == 2); tests/b.py::test_y (+3 more)``: for one-line reports."""
+    shown = [f"{f.name} ({f.message})" if f.message else f.name for f in failures[:limit]]
+    more = len(failures) - limit
+    return "; ".join(shown) + (f" (+{more} more)" if more > 0 else "")

@@ -91,6 +91,7 @@ class Launch:
     attempt: int                      # 1-based, unique per shard (speculative copies get their own)
     machine: str
     speculative: bool = False
+    only: tuple[str, ...] | None = None   # rerun exactly these test ids (a retry of failed tests)
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,9 @@ class Retry:
     shard: Shard
     next_attempt: int
     after_s: float                    # send RetryDue(shard.id) after this many seconds
-    avoid: str | None                 # the machine it failed on (None for a retry of failed tests)
+    avoid: str | None                 # the machine it failed on (a whole-shard retry of failed tests: None)
     reason: str
+    only: tuple[str, ...] | None = None   # a retry of failed tests by id: just these
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class _ShardRun:
     queued_at: float = 0.0
     owner: str | None = None          # static assignment (may move to another machine)
     avoid: str | None = None
+    only: tuple[str, ...] | None = None   # the next attempts rerun only these test ids
     active: dict[int, AttemptRecord] = field(default_factory=dict)   # attempts holding a slot
     cancelling: dict[int, str] = field(default_factory=dict)          # attempt -> _STOP_KIND | _LOSER_KIND
 
@@ -395,10 +398,18 @@ class Scheduler:
             sr.had_test_failure = True
             if sr.test_retries < self.policy.retry_failed_tests and self._any_usable():
                 sr.test_retries += 1
-                sr.avoid = None
                 sr.state = ShardState.WAITING
-                reason = f"tests failed; retry {sr.test_retries} of {self.policy.retry_failed_tests}"
-                out.append(Retry(sr.shard, sr.attempts + 1, 0.0, None, reason))
+                if ev.rerun:
+                    # only the failed tests, on another free machine where possible
+                    sr.only, sr.avoid = tuple(ev.rerun), rec.machine
+                    n = len(sr.only)
+                    what = f"{n} failed test{'s' if n != 1 else ''}"
+                else:
+                    sr.avoid = None
+                    what = "the shard"
+                reason = (f"tests failed; retry {sr.test_retries} of {self.policy.retry_failed_tests} "
+                          f"({what})")
+                out.append(Retry(sr.shard, sr.attempts + 1, 0.0, sr.avoid, reason, sr.only))
             else:
                 self._terminal(sr, ShardState.FAILED, out)
                 if self.policy.fail_fast:
@@ -590,7 +601,7 @@ class Scheduler:
         sr.active[rec.attempt] = rec
         sr.state = ShardState.RUNNING
         self._machines[name].active.add((sr.shard.id, rec.attempt))
-        out.append(Launch(sr.shard, rec.attempt, name, speculative))
+        out.append(Launch(sr.shard, rec.attempt, name, speculative, sr.only))
 
     def _fill(self, at: float, out: list[Decision]) -> None:
         if self._stopping is not None:

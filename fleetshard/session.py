@@ -10,7 +10,7 @@ import os
 import statistics
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from .inventory import Machine
 from .machines import MachineHandle
 from .model import MachineSlots, Shard
 from .probes import calibrated_speeds, probe_all
-from .suite import Suite, discover_files, file_sizes
+from .suite import Suite, assign_tests, discover, file_sizes
 from .transport import Transport
 
 
@@ -190,7 +190,9 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
         why = planning.native_why(len(shards), slots, strategy, explicit=count is not None)  # type: ignore[arg-type]
         return shards, why, "uniform"
     base = ctx.inv.base_dir
-    files = discover_files(suite, base)
+    found = discover(suite, base)
+    ctx.listing = found.listing
+    files = found.files
     if resume is not None:
         wanted = set(resume.files)
         files = [f for f in files if f in wanted]
@@ -202,9 +204,26 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
             known = history.file_durations()
         except HistoryError as exc:
             ctx.notice(f"history: {exc}", "warning")
-    estimates = planning.expected_durations(files, known, sizes=file_sizes(files, base))
-    plan = planning.build_shards(files, estimates, slots, shards=count, strategy=strategy)  # type: ignore[arg-type]
-    return plan.shards, plan.why, plan.source
+    # A file that fails to load is a shard of its own: some runners (Playwright) run nothing else beside it.
+    broken = [p.file for p in found.listing.errors if p.file in files] if found.listing else []
+    planned = [f for f in files if f not in broken]
+    estimates = planning.expected_durations(planned or files, known, sizes=file_sizes(files, base),
+                                            counts=found.counts())
+    if not planned:
+        planned, broken = files, []
+    plan = planning.build_shards(planned, estimates, slots, shards=count, strategy=strategy)  # type: ignore[arg-type]
+    shards = _with_broken(plan.shards, broken)
+    why = plan.why + (f"; {len(broken)} file(s) that fail to load run alone" if broken else "")
+    return assign_tests(shards, found.listing), why, plan.source
+
+
+def _with_broken(shards: Sequence[Shard], broken: Sequence[str]) -> list[Shard]:
+    """``shards`` plus one shard per broken file, renumbered s001... of the new total."""
+    if not broken:
+        return list(shards)
+    whole = [*shards, *(Shard(id="", index=0, total=0, files=(f,), expected=0.0) for f in broken)]
+    total = len(whole)
+    return [replace(s, id=f"s{i:03d}", index=i, total=total) for i, s in enumerate(whole, 1)]
 
 
 def print_plan(console: Any, p: Prepared) -> None:

@@ -403,7 +403,7 @@ def test_retry_failed_tests_and_flaky() -> None:
     d = make(2, TWO, RetryPolicy(retry_failed_tests=1))
     a1, b1 = d.start()
     out = d.finish(a1, Outcome.TESTS_FAILED, at=1.0)
-    assert out == [Retry(a1.shard, 2, 0.0, None, "tests failed; retry 1 of 1")]
+    assert out == [Retry(a1.shard, 2, 0.0, None, "tests failed; retry 1 of 1 (the shard)")]
     (again,) = of(Launch, d.on(RetryDue("s001", 1.0)))
     assert again.attempt == 2
     d.finish(again, Outcome.PASSED, at=2.0)
@@ -414,6 +414,21 @@ def test_retry_failed_tests_and_flaky() -> None:
     out = d.finish(b2, Outcome.TESTS_FAILED, at=4.0)
     assert out == [Finish(EXIT_TESTS_FAILED)]
     assert d.sched.state("s002") == ShardState.FAILED and "s002" not in d.sched.flaky
+
+
+def test_retry_of_failed_tests_by_id_goes_elsewhere_with_only_those() -> None:
+    from dataclasses import replace
+
+    d = make(1, [MachineSlots("a", 1), MachineSlots("b", 1)], RetryPolicy(retry_failed_tests=2))
+    (first,) = d.start()
+    failed = replace(finished(first, Outcome.TESTS_FAILED, 1.0), rerun=("t/a.py::test_x",))
+    out = d.on(failed)
+    assert out == [Retry(first.shard, 2, 0.0, first.machine,
+                         "tests failed; retry 1 of 2 (1 failed test)", ("t/a.py::test_x",))]
+    (again,) = of(Launch, d.on(RetryDue("s001", 1.0)))
+    assert again.only == ("t/a.py::test_x",) and again.machine != first.machine
+    d.finish(again, Outcome.PASSED, at=2.0)
+    assert d.sched.state("s001") == ShardState.PASSED and d.sched.flaky == {"s001"}
 
 
 def test_unrequested_cancel_is_not_retried() -> None:

@@ -139,6 +139,10 @@ class Adapter:
         """The test file of a JUnit testcase, when the runner's naming tells it."""
         return None
 
+    def junit_line(self, line: int) -> int:
+        """A JUnit ``line`` attribute as a 1-based line number."""
+        return line
+
     def display_name(self, classname: str, name: str) -> str:
         """A testcase's name as a person finds it in the runner's own output."""
         if classname and name:

@@ -154,6 +154,9 @@ class PytestAdapter(Adapter):
                 best = f
         return best
 
+    def junit_line(self, line: int) -> int:
+        return line + 1               # xunit1 writes the test function's 0-based line
+
     def display_name(self, classname: str, name: str) -> str:
         if not classname:
             return name
