@@ -98,7 +98,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool, typer.Option("-V", "--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
     """Split a slow test suite across the machines you can SSH into."""
@@ -202,7 +202,8 @@ def plan(
     strategy: Annotated[Strategy | None, typer.Option("--strategy")] = None,
     shards: Annotated[int | None, typer.Option("--shards", min=1)] = None,
     skip_health_checks: Annotated[bool, typer.Option(
-        "--skip-health-checks", help="Do not probe machines (slots must then be set in the inventory).")]
+        "--skip-health-checks", help="Do not judge machines by the health thresholds (machines without "
+        "slots are still contacted for their core count).")]
         = False,
     accept_new_host_keys: AcceptOpt = False,
     what_if: Annotated[list[str] | None, typer.Option(
@@ -308,4 +309,25 @@ def init(
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a usage error (unknown option, bad value) is one line, ``fleetshard: error: …``, exit 2."""
+    try:                                    # typer >= 0.20 carries its own copy of click
+        from typer._click import exceptions as click_exc
+    except ImportError:                     # pragma: no cover - older typer on click
+        from click import exceptions as click_exc  # type: ignore[no-redef]
+
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="fleetshard", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(2)
+    except click_exc.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "fleetshard"
+        typer.echo(f"fleetshard: error: {exc.format_message()} (see `{where} -h`)", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except click_exc.ClickException as exc:
+        typer.echo(f"fleetshard: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
