@@ -632,7 +632,7 @@ def load_inventory(path: str | Path | None = None, *, ssh_config: str | Path | N
         raise ctx.error("no machines defined", None, None)
     top = ctx.mapping(root, "", what="a mapping at the top level (machines:, suite:, ...)")
     for entry in top.values():
-        if entry.key not in _TOP_FIELDS:
+        if entry.key not in _TOP_FIELDS and not entry.key.startswith("x-"):   # x-*: anchors, free-form
             raise _unknown_key(ctx, entry, dict.fromkeys(_TOP_FIELDS), "")
 
     ssh = _LazySSHConfig(ssh_config)
