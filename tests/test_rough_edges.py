@@ -39,5 +39,5 @@ def test_other_unknown_top_keys_still_fail(tmp_path: Path) -> None:
 
 def test_health_interval_zero_is_accepted_and_negative_refused(tmp_path: Path) -> None:
     assert load(tmp_path, "health: {interval: 0}\nmachines: {a: {}}\n").health.interval == 0
-    with pytest.raises(ConfigError, match="health.interval"):
+    with pytest.raises(ConfigError, match=r"health\.interval"):
         load(tmp_path, "health: {interval: -1}\nmachines: {a: {}}\n")
