@@ -45,6 +45,9 @@ PLAYWRIGHT_TEST = "@playwright/test@1.57.0"
 CREATE_PLAYWRIGHT = "create-playwright@1.17.132"      # the last versions that ship demo-todo-app.spec.ts
 TODOMVC = "todomvc@0.1.1"
 CHROMIUM = "/usr/bin/chromium"
+#: the suite's virtualenv is made from the system's Python, which the test fleet's login user can run
+#: (an interpreter under /root, pyenv's for one, is not reachable for it)
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 _TIMEOUT = 600
 
@@ -173,7 +176,8 @@ def _make_networkx(tmp: Path) -> None:
         if (unpacked / extra).exists():
             shutil.copy2(unpacked / extra, src / extra)
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)])
+    base = SYSTEM_PYTHON if Path(SYSTEM_PYTHON).exists() else sys.executable
+    _run([base, "-m", "venv", str(venv)])
     # networkx itself is installed too (without its optional dependencies) for its entry points: its
     # conftest checks that the test backend "nx_loopback" is registered; the source tree is imported.
     _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
@@ -183,7 +187,7 @@ def _make_networkx(tmp: Path) -> None:
 
 def pytest_suite() -> RealSuite:
     """networkx's tree and drawing tests (PyPI sdist), with a virtualenv that has only pytest."""
-    built = _build("networkx-3.6.1", _make_networkx)
+    built = _build("networkx-3.6.1-v2", _make_networkx)
     python = built / "venv" / "bin" / "python"
     return RealSuite(name="networkx", runner="pytest", root=built / "src",
                      command=f"{python} -m pytest -p no:cacheprovider", tests=NETWORKX_TESTS, python=python)

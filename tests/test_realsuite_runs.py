@@ -1,0 +1,182 @@
+"""Runner adapters proven on real suites nobody here wrote, over the sshd fleet (tests/realsuites.py).
+
+The merged JUnit of a fleetshard run is compared, testcase by testcase, with a local run's JUnit; a copy
+with a deliberately broken file and a deliberately flaky test shows that the broken file fails the run
+with its error, that only the flaky test is rerun (and reported flaky), and that no passing test runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clihelp import fleetshard
+from fleet import SshFleet, WriteInventory
+from realsuites import RealSuite, copy_suite, playwright_suite, pytest_suite, require
+
+Outcomes = dict[tuple[str, str], str]
+
+
+def outcomes(junit: Path) -> Outcomes:
+    """(classname, name) -> outcome of every testcase; a duplicate testcase is an error."""
+    found: Outcomes = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        outcome = "passed"
+        for tag in ("failure", "error", "skipped"):
+            child = case.find(tag)
+            if child is not None:
+                outcome = tag + (":xfail" if child.get("type") == "pytest.xfail" else "")
+                break
+        key = (case.get("classname") or "", case.get("name") or "")
+        assert key not in found, f"testcase {key} is in {junit} twice"
+        found[key] = outcome
+    return found
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    """A directory the fleet's login user can traverse (pytest's tmp_path is private to root)."""
+    root = Path(tempfile.mkdtemp(prefix="fleetshard-realsuite-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def shared_inventory(fleet_inventory: WriteInventory, fleet: SshFleet, suite: RealSuite,
+                     suite_keys: dict[str, Any]) -> Path:
+    """An inventory in the suite copy's directory; every machine's workdir is that copy (one filesystem)."""
+    machines = fleet.names
+    shared = suite.root / ".fleetshard"          # the coordinator's and the machines' (another user)
+    shared.mkdir(exist_ok=True)
+    shared.chmod(0o777)
+    return fleet_inventory(suite.root / "machines.yaml", machines=machines,
+                           extra_machine_keys={m: {"workdir": str(suite.root)} for m in machines},
+                           suite=suite_keys)
+
+
+def local_junit(suite: RealSuite, out: Path, *extra: str) -> Outcomes:
+    subprocess.run(f"{suite.command} -q -o junit_family=xunit1 --junitxml={out} {' '.join(extra)} "
+                   f"{' '.join(suite.tests)}", shell=True, cwd=suite.root, capture_output=True, text=True,
+                   timeout=300, check=False)
+    return outcomes(out)
+
+
+def pytest_keys(suite: RealSuite) -> dict[str, Any]:
+    return {"runner": "pytest",
+            "command": f"{suite.command} -o junit_family=xunit1 --continue-on-collection-errors "
+                       f"--junitxml={{junit}} {{tests}}",
+            "discover": f"{suite.command} --collect-only -q -rsE {' '.join(suite.tests)}",
+            "timeout": 300}
+
+
+def test_networkx_merged_junit_equals_a_local_run(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                  workspace: Path) -> None:
+    suite = copy_suite(require(pytest_suite), workspace / "nx")
+    local = local_junit(suite, workspace / "local.xml")
+    assert sum(1 for o in local.values() if o == "skipped") >= 6 and "skipped:xfail" in local.values()
+    inv = shared_inventory(fleet_inventory, fleet, suite, pytest_keys(suite))
+    merged = workspace / "merged.xml"
+    res = fleetshard("run", "-i", inv, "--no-live", "--junit", merged, timeout=300)
+    assert res.code == 0, res.out + res.err
+    got = outcomes(merged)
+    assert got == local                        # same testcases, same outcomes, collection skips included
+    module_skips = [k for k, o in got.items() if not k[0] and o == "skipped"]
+    assert len(module_skips) == 6
+
+
+FLAKY = '''\
+import os
+
+
+def test_flaky_once():
+    marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".flaky-once")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:
+        return
+    raise AssertionError("fails the first time only")
+'''
+
+BROKEN = "from networkx.algorithms import no_such_module\n\n\ndef test_never():\n    pass\n"
+
+# Counts executions: every test's call phase appends its node id to a log, whichever machine ran it.
+COUNTER = '''\
+import os
+
+_LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".executions.log")
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.skipped):
+        with open(_LOG, "a") as fh:
+            fh.write(report.nodeid + "\\n")
+'''
+
+
+def test_networkx_broken_file_fails_the_run_and_only_the_flaky_test_is_rerun(
+        fleet: SshFleet, fleet_inventory: WriteInventory, workspace: Path) -> None:
+    suite = copy_suite(require(pytest_suite), workspace / "nx")
+    tests_dir = suite.root / "networkx" / "algorithms" / "tree" / "tests"
+    (tests_dir / "test_zz_flaky.py").write_text(FLAKY)
+    (tests_dir / "test_broken_import.py").write_text(BROKEN)
+    (suite.root / "conftest.py").write_text(COUNTER)
+    for p in (tests_dir / "test_zz_flaky.py", tests_dir / "test_broken_import.py", suite.root / "conftest.py"):
+        p.chmod(0o666)
+    inv = shared_inventory(fleet_inventory, fleet, suite, pytest_keys(suite))
+    merged, report = workspace / "merged.xml", workspace / "report.json"
+    res = fleetshard("run", "-i", inv, "--no-live", "--retry-failed-tests", "1", "--junit", merged,
+                     "--json-report", report, timeout=300)
+    assert res.code == 1, res.out + res.err          # the broken file fails the run: never a pass
+
+    got = outcomes(merged)
+    broken = ("", "networkx.algorithms.tree.tests.test_broken_import")
+    assert got[broken] == "error"
+    assert got[("networkx.algorithms.tree.tests.test_zz_flaky", "test_flaky_once")] == "passed"
+    root = ET.parse(merged).getroot()
+    error = next(c for c in root.iter("testcase") if (c.get("classname"), c.get("name")) == broken)
+    assert "cannot import name 'no_such_module'" in (error.findtext("error") or "")
+    flaky_case = next(c for c in root.iter("testcase") if c.get("name") == "test_flaky_once")
+    props = {p.get("name"): p.get("value") for p in flaky_case.iter("property")}
+    assert props.get("fleetshard.flaky") == "true"
+
+    data = json.loads(report.read_text())
+    assert [t["name"] for t in data["flaky_tests"]] == ["test_flaky_once"]
+    assert "networkx/algorithms/tree/tests/test_broken_import.py" in res.out + res.err
+
+    runs = Counter((suite.root / ".executions.log").read_text().split())
+    assert runs["networkx/algorithms/tree/tests/test_zz_flaky.py::test_flaky_once"] == 2
+    twice = {node for node, n in runs.items() if n > 1 and "test_zz_flaky" not in node}
+    assert not twice, f"passing tests ran twice: {sorted(twice)[:5]}"
+    ran_once = sum(1 for n in runs.values() if n == 1)
+    assert ran_once >= 170
+
+
+def test_todomvc_selection_and_merged_junit_over_the_fleet(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                            workspace: Path) -> None:
+    suite = copy_suite(require(playwright_suite), workspace / "pw")
+    grep = "--grep 'New Todo'"
+    local_out = workspace / "local.xml"
+    subprocess.run(f"PLAYWRIGHT_JUNIT_OUTPUT_FILE={local_out} {suite.command} {grep} --reporter=junit",
+                   shell=True, cwd=suite.root, capture_output=True, text=True, timeout=300, check=False)
+    local = outcomes(local_out)
+    assert len(local) == 3, local
+    shutil.rmtree(suite.root / "test-results", ignore_errors=True)      # root's, not the machines' user's
+    keys = {"runner": "playwright",
+            "command": f"PLAYWRIGHT_JUNIT_OUTPUT_FILE={{junit}} {suite.command} {grep} --reporter=junit "
+                       f"{{tests}}",
+            "timeout": 300}
+    inv = shared_inventory(fleet_inventory, fleet, suite, keys)
+    merged = workspace / "merged.xml"
+    res = fleetshard("run", "-i", inv, "--no-live", "--junit", merged, timeout=300)
+    assert res.code == 0, res.out + res.err
+    assert outcomes(merged) == local             # exactly the 3 selected tests, not the spec's 24
