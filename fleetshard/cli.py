@@ -160,6 +160,12 @@ def run(
         = None,
     notify: Annotated[str | None, typer.Option("--notify", help="POST a JSON summary to this URL.")] = None,
     accept_new_host_keys: AcceptOpt = False,
+    serve: Annotated[str | None, typer.Option(
+        "--serve", metavar="[HOST:]PORT",
+        help="Serve the run's live page in a browser here (HOST defaults to 127.0.0.1).")] = None,
+    serve_grace: Annotated[float, typer.Option(
+        "--serve-grace", min=0, metavar="SECONDS",
+        help="After the run, serve its report until open pages have it, at most this long.")] = 30.0,
 ) -> None:
     """Run the suite in shards across the machines. Anything after `--` replaces suite.command."""
     from .runner import RunOptions, run_command
@@ -178,7 +184,13 @@ def run(
             json_report=json_report, html=html, live=False if no_live else None, stream=stream,
             quiet=quiet, verbose=verbose, resume=resume, dry_run=dry_run, commit=commit, notify=notify,
             accept_new_host_keys=accept_new_host_keys, command=_extra_command(ctx.args),
-            argv=tuple(sys.argv[1:]))
+            argv=tuple(sys.argv[1:]), serve=serve, serve_grace=serve_grace)
+        if serve is not None:
+            from .web import require_aiohttp
+            from .web.server import parse_address
+
+            parse_address(serve)                # a bad address or a missing extra: exit 2 before anything runs
+            require_aiohttp()
         return run_command(inv, opts)
 
     _finish(call)

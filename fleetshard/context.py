@@ -50,6 +50,8 @@ class RunOptions:
     argv: tuple[str, ...] = ()
     console: Any = None               # a rich Console to render on (tests); default stdout
     backoff_jitter: bool = True
+    serve: str | None = None          # [HOST:]PORT of the live dashboard (--serve)
+    serve_grace: float = 30.0         # after the run, serve the report this long at most while pages are open
 
 
 def new_run_id() -> str:

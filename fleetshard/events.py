@@ -8,8 +8,12 @@ Every event carries ``at``, a monotonic timestamp in seconds taken by the runner
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .model import Outcome, Shard, TestFailure
+
+if TYPE_CHECKING:
+    from .probes import HealthReport
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,27 @@ class MachineStatus:
 
 
 @dataclass(frozen=True)
+class ProbeResult:
+    """What a health probe found on a machine (before the run and at each re-probe), for the views."""
+
+    machine: str
+    healthy: bool
+    reasons: tuple[str, ...]
+    load1: float | None
+    mem_used_pct: float | None
+    disk_free_pct: float | None
+    latency_ms: float | None
+    at: float
+
+    @classmethod
+    def of(cls, report: HealthReport, at: float) -> ProbeResult:
+        """From a :class:`fleetshard.probes.HealthReport`."""
+        return cls(machine=report.machine, healthy=report.healthy, reasons=tuple(report.reasons),
+                   load1=report.load1, mem_used_pct=report.mem_used_pct, disk_free_pct=report.disk_free_pct,
+                   latency_ms=report.latency_ms, at=at)
+
+
+@dataclass(frozen=True)
 class Notice:
     """A one-line message for the user (setup output, warnings)."""
 
@@ -131,4 +156,4 @@ class RunFinished:
 
 
 Event = (RunStarted | ShardStarted | OutputLine | ShardFinished | ShardRetrying | ShardNotRun
-         | MachineStatus | Notice | Tick | RunFinished)
+         | MachineStatus | ProbeResult | Notice | Tick | RunFinished)

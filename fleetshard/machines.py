@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .context import RunContext
 from .errors import ConnectError
-from .events import MachineStatus
+from .events import MachineStatus, ProbeResult
 from .inventory import Machine
 from .model import Shard
 from .probes import HealthReport, probe
@@ -121,6 +121,7 @@ class MachineHandle:
         finally:
             self.probing = False
         self.health = report
+        self.ctx.emit(ProbeResult.of(report, self.ctx.now()))
         status = "healthy" if report.healthy else "unhealthy"
         if status != self.status and self.status not in ("lost", "drained"):
             self.set_status(status, "; ".join(report.reasons))

@@ -14,9 +14,11 @@ from typing import Any
 
 from .context import RunContext, RunOptions
 from .coordinator import Coordinator, backoff_from_tenacity
+from .events import ProbeResult
 from .inventory import Inventory, select_machines
 from .machines import effective_workdir
 from .model import EXIT_OK
+from .record import RunRecord
 from .recorder import redact_argv
 from .session import combine_speeds, git_head, open_history, prepare, print_plan
 from .suite import resolve_suite
@@ -26,7 +28,8 @@ __all__ = ["RunOptions", "backoff_from_tenacity", "combine_speeds", "effective_w
            "run_command"]
 
 
-async def run_main(inv: Inventory, opts: RunOptions) -> int:
+async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None) -> int:
+    """Prepare and run; ``dashboard`` (``--serve``): a subscriber that is also handed the run record."""
     from .progress import make_renderer
 
     suite = resolve_suite(inv, opts.command)
@@ -36,6 +39,8 @@ async def run_main(inv: Inventory, opts: RunOptions) -> int:
                              verbose=opts.verbose, clock=ctx.clock)
     coordinator = Coordinator(ctx)
     coordinator.subscribe(renderer, output=opts.stream)   # notices from probing and planning are shown too
+    if dashboard is not None:
+        coordinator.subscribe(dashboard, output=True)     # its pages show any attempt's output on demand
     coordinator.start()
     transports = {m.name: transport_for(m, accept_new_host_keys=opts.accept_new_host_keys) for m in selected}
     remove_signals: Callable[[], None] = (lambda: None) if opts.dry_run else coordinator.install_signals()
@@ -43,6 +48,9 @@ async def run_main(inv: Inventory, opts: RunOptions) -> int:
     try:
         history = open_history(ctx)
         prepared = await prepare(ctx, selected, transports, history)
+        for handle in prepared.machines.values():
+            if handle.health is not None:
+                ctx.emit(ProbeResult.of(handle.health, ctx.now()))
         if opts.dry_run:
             await coordinator.flush()
             print_plan(opts.console, prepared)
@@ -50,7 +58,13 @@ async def run_main(inv: Inventory, opts: RunOptions) -> int:
         ctx.timeout = opts.timeout if opts.timeout is not None else suite.config.timeout
         ctx.commit = opts.commit or git_head(inv.base_dir)
         renderer.start()
-        return await coordinator.run(prepared, finish=renderer.finish)
+
+        def finish(record: RunRecord) -> None:
+            renderer.finish(record)
+            if dashboard is not None:
+                dashboard.finish(record)            # its page becomes the run's report
+
+        return await coordinator.run(prepared, finish=finish)
     finally:
         remove_signals()
         await coordinator.stop()
@@ -63,4 +77,9 @@ async def run_main(inv: Inventory, opts: RunOptions) -> int:
 
 def run_command(inv: Inventory, opts: RunOptions) -> int:
     """`fleetshard run` / `fleetshard plan`: returns the exit code."""
+    if opts.serve is not None and not opts.dry_run:
+        from .web.live import run_served
+
+        return asyncio.run(run_served(opts.serve, lambda dashboard: run_main(inv, opts, dashboard),
+                                      grace=opts.serve_grace))
     return asyncio.run(run_main(inv, opts))

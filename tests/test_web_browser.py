@@ -138,3 +138,54 @@ def test_history_pages_in_a_browser(browser: Browser, fleet: SshFleet, fleet_inv
         finally:
             stop(proc)
     fs.cleanup()
+
+
+def test_live_page_of_a_real_run(browser: Browser, fleet: SshFleet, fleet_inventory: WriteInventory,
+                                 tmp_path: Path) -> None:
+    """The live page follows a run on the sshd fleet and becomes its report; stdout stays as without it."""
+    fs = FakeSuite(tmp_path, fleet.root, specs(10, 0.3, **{"tests/t02.test": {"fail": True, "duration": 0.1},
+                                                            "tests/t01.test": {"duration": 3.0}}))
+    inv = fleet_inventory(slots=1, suite=fs.suite(shards=10))
+    # nothing listens on port 9: the webhook fails, and its URL (a secret) must not reach the page
+    argv = [sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--serve", "127.0.0.1:0",
+            "--serve-grace", "20", "--notify", "http://127.0.0.1:9/hook-SECRET123"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL) as proc:
+        try:
+            url = read_url(proc, r"live dashboard at (\S+)")
+            w = watch(browser, origin_of(url), viewport={"width": 1280, "height": 900})
+            page = w.page
+            page.goto(url)
+            for name in ("h1", "h2", "h3", "h4"):                      # every machine has its row
+                page.wait_for_selector(f".row[data-machine={name}]", timeout=20_000)
+            page.wait_for_selector(".block.running", timeout=20_000)
+            # a failure shows up, with its test's name, while the run still goes on
+            page.wait_for_selector(".failure code.test-name:has-text('test_t02.test')", timeout=20_000)
+            assert page.locator("header.running").count() == 1
+            # lanes grow: the long shard's block widens as time passes
+            key = page.locator(".block.running[title*='tests/t01.test']").get_attribute("data-key", timeout=20_000)
+            long_block = page.locator(f".block[data-key='{key}']")
+            first = long_block.bounding_box()
+            page.wait_for_timeout(600)
+            later = long_block.bounding_box()
+            assert first is not None and later is not None and later["width"] > first["width"]
+            if SCREENSHOTS:
+                page.screenshot(path=str(Path(SCREENSHOTS) / "live.png"), full_page=True)
+            # the tail of a running shard streams on click
+            long_block.click()
+            page.wait_for_selector("#tail:has-text('HOST h')", timeout=10_000)
+            assert "Output of" in page.inner_text("#tail-title")
+            # at the end the page is the run's report
+            page.wait_for_selector("h2:has-text('Summary')", timeout=60_000)   # the report's
+            page.wait_for_selector(".lane[data-machine]:not(.row)", timeout=30_000)
+            page.wait_for_function("document.querySelector('header').className === 'fail'", timeout=30_000)
+            assert "Failures" in page.inner_text("main") and "test_t02.test" in page.inner_text("main")
+            snapshot = page.request.get(url.split("?")[0] + "api/snapshot").text()
+            assert "SECRET123" not in page.content() and "SECRET123" not in snapshot
+            assert proc.wait(timeout=30) == 1                            # it exits once the page has the report
+            out = proc.stdout.read() if proc.stdout else ""
+            assert "dashboard" not in out and "FAILED" in out
+            assert w.errors == [] and w.outside() == [], (w.errors, w.outside())
+        finally:
+            stop(proc)
+    fs.cleanup()

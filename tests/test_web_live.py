@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +22,7 @@ from fleetshard.events import (
     ShardFinished,
     ShardStarted,
 )
-from fleetshard.model import Outcome, Shard
+from fleetshard.model import Outcome, Shard, TestFailure
 from fleetshard.record import RunRecord
 from fleetshard.web.live import LiveDashboard
 from fleetshard.web.server import Address, parse_address
@@ -234,25 +233,12 @@ def test_after_the_run_it_lingers_only_while_a_page_is_open() -> None:
     asyncio.run(main())
 
 
-def test_failing_tests_come_from_the_attempts_junit(tmp_path: Path) -> None:
-    (tmp_path / "junit").mkdir()
-    (tmp_path / "junit" / "s001-1.xml").write_text(
-        '<testsuite><testcase classname="tests.x" name="test_ok"/><testcase classname="tests.x" name="test_&lt;b&gt;">'
-        '<failure message="assert 1 == 2"/></testcase></testsuite>', encoding="utf-8")
-
-    async def body(dash: LiveDashboard, url: str, session: aiohttp.ClientSession) -> None:
-        dash.handle(RunStarted(run_id="r1", machines=(MachineInfo("h1", 1, 1.0),), shards=(SHARD,),
-                               strategy="dynamic", expected_makespan=None, lower_bound=None,
-                               log_dir=str(tmp_path / "logs"), at=0.0))
-        dash.handle(ShardStarted(machine="h1", shard=SHARD, attempt=1, command="c", log_path="l", at=1.0))
-        dash.handle(ShardFinished(machine="h1", shard=SHARD, attempt=1, outcome=Outcome.TESTS_FAILED, exit_status=1,
-                                  signal=None, reason="exit code 1", started_at=1.0, at=2.0, log_path="l"))
-        for _ in range(100):
-            failure = dash.model.failures["s001#1"]
-            if failure["tests"]:
-                break
-            await asyncio.sleep(0.05)
-        assert failure["tests"] == [{"name": "test_<b>", "classname": "tests.x", "message": "assert 1 == 2",
-                                     "outcome": "failed"}]
-
-    with_dashboard(body)
+def test_failing_tests_come_with_the_finished_attempt() -> None:
+    dash = LiveDashboard(Address("127.0.0.1", 0))
+    dash.handle(run_started())
+    dash.handle(ShardStarted(machine="h1", shard=SHARD, attempt=1, command="c", log_path="l", at=1.0))
+    dash.handle(ShardFinished(machine="h1", shard=SHARD, attempt=1, outcome=Outcome.TESTS_FAILED, exit_status=1,
+                              signal=None, reason="exit code 1", started_at=1.0, at=2.0, log_path="l",
+                              failures=(TestFailure("tests/x.py::test_<b>", "assert 1 == 2"),)))
+    assert dash.model.failures["s001#1"]["tests"] == [
+        {"name": "tests/x.py::test_<b>", "classname": "", "message": "assert 1 == 2", "outcome": "failed"}]

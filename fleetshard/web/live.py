@@ -22,9 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..events import Event, RunStarted, ShardFinished
-from ..model import Outcome
-from .model import Delta, FailedTest, LiveModel
+from ..events import Event, RunStarted
+from .model import Delta, LiveModel
 from .server import REPORT_CSP, Address, Served, asset, html_response, new_token, serve_app
 
 if TYPE_CHECKING:
@@ -35,9 +34,7 @@ if TYPE_CHECKING:
 BUFFER = 2000              # deltas buffered per viewer before it is resynchronised from a snapshot
 WRITE_TIMEOUT = 10.0       # seconds one write to a viewer may take before it is disconnected
 HEARTBEAT = 15.0           # seconds between keep-alive comments on an idle stream
-TICK = 1.0                 # seconds between progress updates (elapsed, ETA) while nothing happens
 QUIET_BEFORE_STOP = 2.0    # after the run: stop once no page has been open or requested for this long
-JUNIT_WAIT = 10.0          # seconds to wait for a failed attempt's JUnit file to appear
 
 
 def _dumps(value: Any) -> str:
@@ -91,7 +88,6 @@ class LiveDashboard:
         self.ever_watched = False
         self.last_request = clock()
         self.log_dir: Path | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
 
     # -------------------------------------------------------------------------------- the subscriber
@@ -102,9 +98,6 @@ class LiveDashboard:
             if isinstance(event, RunStarted):
                 self.log_dir = Path(event.log_dir)
             self.publish(self.model.apply(event))
-            if isinstance(event, ShardFinished) and event.outcome is Outcome.TESTS_FAILED:
-                junit = getattr(event, "junit_path", None)
-                self._spawn(self._failed_tests(event.shard.id, event.attempt, junit))
         except Exception as exc:  # a view must never break the run
             self.model.notices.append({"text": f"dashboard: {type(exc).__name__}: {exc}", "level": "warning",
                                        "machine": None, "at": self.model.now})
@@ -157,7 +150,6 @@ class LiveDashboard:
         app.router.add_get("/static/{name}", self._static)
         self.served = await serve_app(app, self.address, self.token)
         self.url = self.served.url
-        self._spawn(self._ticker())
         return self.url
 
     async def linger(self, grace: float) -> None:
@@ -181,45 +173,9 @@ class LiveDashboard:
         self.closing = True
         for viewer in [*self.viewers, *(v for s in self.tails.values() for v in s)]:
             viewer.wake.set()
-        for task in list(self._tasks):
-            task.cancel()
         if self.served is not None:
             await self.served.stop()
             self.served = None
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _ticker(self) -> None:
-        while not self.model.finished:
-            await asyncio.sleep(TICK)
-            if self.viewers:
-                self.publish(self.model.tick(self.clock()))
-
-    async def _failed_tests(self, shard_id: str, attempt: int, junit: str | None) -> None:
-        """The failing tests of an attempt, from the JUnit file the run collected, as soon as it is there."""
-        from ..results import FAILING, JunitError, parse_junit
-
-        if junit:
-            path = Path(junit)
-        elif self.log_dir is not None:
-            path = self.log_dir.parent / "junit" / f"{shard_id}-{attempt}.xml"
-        else:
-            return
-        waited = 0.0
-        while not path.exists():
-            if waited >= JUNIT_WAIT or self.closing:
-                return
-            await asyncio.sleep(0.25)
-            waited += 0.25
-        try:
-            cases = await asyncio.to_thread(parse_junit, path)
-        except JunitError:
-            return
-        failed = [FailedTest(c.name, c.classname, c.message, c.outcome) for c in cases if c.outcome in FAILING]
-        self.publish(self.model.tests_reported(shard_id, attempt, failed))
 
     # -------------------------------------------------------------------------------- routes
 
@@ -277,7 +233,7 @@ class LiveDashboard:
             if self.report is not None:
                 await self._write(response, sse("report", _dumps({})))
                 return response
-            await self._pump(response, viewer, snapshot=True)
+            await self._pump(request, response, viewer, snapshot=True)
         except (ConnectionError, TimeoutError, RuntimeError):
             pass
         finally:
@@ -285,14 +241,20 @@ class LiveDashboard:
             self._seen()
         return response
 
-    async def _pump(self, response: web.StreamResponse, viewer: Viewer, *, snapshot: bool) -> None:
+    async def _pump(self, request: web.Request, response: web.StreamResponse, viewer: Viewer, *,
+                    snapshot: bool) -> None:
+        quiet_since = self.clock()
         while not self.closing:
             if not viewer.pending and not viewer.resync:
                 viewer.wake.clear()
                 try:
-                    await asyncio.wait_for(viewer.wake.wait(), HEARTBEAT)
+                    await asyncio.wait_for(viewer.wake.wait(), 1.0)
                 except TimeoutError:
-                    await self._write(response, b": keep-alive\n\n")
+                    if request.transport is None or request.transport.is_closing():
+                        return                       # the page went away (closed, reloaded)
+                    if self.clock() - quiet_since >= HEARTBEAT:
+                        quiet_since = self.clock()
+                        await self._write(response, b": keep-alive\n\n")
                     continue
             if self.closing:
                 return
@@ -305,6 +267,7 @@ class LiveDashboard:
             viewer.pending.clear()
             if chunk:
                 await self._write(response, chunk)
+                quiet_since = self.clock()
             if viewer.resync and not snapshot:       # a tail viewer that fell behind: start its tail again
                 viewer.resync = False
                 return
@@ -322,7 +285,7 @@ class LiveDashboard:
                 await self._write(response, sse("end", _dumps(attempt["outcome"] if attempt else None)))
                 return response
             self.tails.setdefault(key, set()).add(viewer)
-            await self._pump(response, viewer, snapshot=False)
+            await self._pump(request, response, viewer, snapshot=False)
         except (ConnectionError, TimeoutError, RuntimeError):
             pass
         finally:

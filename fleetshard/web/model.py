@@ -31,12 +31,14 @@ from ..events import (
     MachineStatus,
     Notice,
     OutputLine,
+    ProbeResult,
     RunFinished,
     RunStarted,
     ShardFinished,
     ShardNotRun,
     ShardRetrying,
     ShardStarted,
+    Tick,
 )
 from ..model import Outcome, Shard
 from ..progress import clean_line
@@ -148,6 +150,13 @@ class LiveModel:
             return [self._delta("machine", dict(machine), event.machine), self._progress()]
         if isinstance(event, Notice):
             return [self._notice(event.text, event.level, event.machine, event.at)]
+        if isinstance(event, Tick):
+            return self.tick(event.at)
+        if isinstance(event, ProbeResult):
+            return self.probed(event.machine, {
+                "healthy": event.healthy, "reasons": event.reasons, "load1": event.load1,
+                "mem_used_pct": event.mem_used_pct, "disk_free_pct": event.disk_free_pct,
+                "latency_ms": event.latency_ms}, event.at)
         if isinstance(event, RunFinished):
             self.run.update(phase="finished", exit_code=event.exit_code, ended=self.now)
             return [self._delta("run", dict(self.run)), self._progress()]
@@ -169,7 +178,7 @@ class LiveModel:
         return [self._delta("machine", dict(view), machine)]
 
     def tests_reported(self, shard_id: str, attempt: int, tests: Sequence[FailedTest]) -> list[Delta]:
-        """The failing tests of a finished attempt (from its JUnit), added to its failure entry."""
+        """Failing tests of a finished attempt learnt later, added to its failure entry."""
         failure = self.failures.get(attempt_key(shard_id, attempt))
         if failure is None or not tests:
             return []
@@ -304,6 +313,10 @@ class LiveModel:
             "at": self._rel(event.at), "files": list(event.shard.files[:20]),
             "tail": [_line(t) for t in tail[-FAILURE_TAIL_LINES:]], "tests": [], "tests_more": 0,
             "log_path": event.log_path}
+        tests = [FailedTest(name=f.name, message=f.message) for f in event.failures]
+        failure["tests"] = [{"name": t.name, "classname": t.classname, "message": t.message[:500],
+                             "outcome": t.outcome} for t in tests[:MAX_TESTS_PER_FAILURE]]
+        failure["tests_more"] = max(0, len(tests) - MAX_TESTS_PER_FAILURE)
         self.failures[key] = failure
         while len(self.failures) > MAX_FAILURES:
             del self.failures[next(iter(self.failures))]
