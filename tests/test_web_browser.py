@@ -24,6 +24,8 @@ from fakesuite import FakeSuite, specs
 from fleet import SshFleet, WriteInventory
 
 CHROMIUM = Path("/usr/bin/chromium")
+EVIL_NAME = "t02<img src=x onerror=alert(1)>"
+EVIL_FILE = f"tests/{EVIL_NAME}.test"
 SCREENSHOTS = os.environ.get("FLEETSHARD_SCREENSHOTS")
 
 try:
@@ -143,8 +145,9 @@ def test_history_pages_in_a_browser(browser: Browser, fleet: SshFleet, fleet_inv
 def test_live_page_of_a_real_run(browser: Browser, fleet: SshFleet, fleet_inventory: WriteInventory,
                                  tmp_path: Path) -> None:
     """The live page follows a run on the sshd fleet and becomes its report; stdout stays as without it."""
-    fs = FakeSuite(tmp_path, fleet.root, specs(10, 0.3, **{"tests/t02.test": {"fail": True, "duration": 0.1},
-                                                            "tests/t01.test": {"duration": 3.0}}))
+    # the failing test's name is HTML: the page must show it as text
+    fs = FakeSuite(tmp_path, fleet.root, specs(9, 0.3, **{EVIL_FILE: {"fail": True, "duration": 0.1},
+                                                           "tests/t01.test": {"duration": 3.0}}))
     inv = fleet_inventory(slots=1, suite=fs.suite(shards=10))
     # nothing listens on port 9: the webhook fails, and its URL (a secret) must not reach the page
     argv = [sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--serve", "127.0.0.1:0",
@@ -160,7 +163,8 @@ def test_live_page_of_a_real_run(browser: Browser, fleet: SshFleet, fleet_invent
                 page.wait_for_selector(f".row[data-machine={name}]", timeout=20_000)
             page.wait_for_selector(".block.running", timeout=20_000)
             # a failure shows up, with its test's name, while the run still goes on
-            page.wait_for_selector(".failure code.test-name:has-text('test_t02.test')", timeout=20_000)
+            page.wait_for_selector(".failure code.test-name:has-text('onerror')", timeout=20_000)
+            assert EVIL_NAME in page.inner_text(".failure code.test-name") and page.locator("img").count() == 0
             assert page.locator("header.running").count() == 1
             # lanes grow: the long shard's block widens as time passes
             key = page.locator(".block.running[title*='tests/t01.test']").get_attribute("data-key", timeout=20_000)
@@ -179,7 +183,8 @@ def test_live_page_of_a_real_run(browser: Browser, fleet: SshFleet, fleet_invent
             page.wait_for_selector("h2:has-text('Summary')", timeout=60_000)   # the report's
             page.wait_for_selector(".lane[data-machine]:not(.row)", timeout=30_000)
             page.wait_for_function("document.querySelector('header').className === 'fail'", timeout=30_000)
-            assert "Failures" in page.inner_text("main") and "test_t02.test" in page.inner_text("main")
+            assert "Failures" in page.inner_text("main") and EVIL_NAME in page.inner_text("main")
+            assert page.locator("img").count() == 0
             snapshot = page.request.get(url.split("?")[0] + "api/snapshot").text()
             assert "SECRET123" not in page.content() and "SECRET123" not in snapshot
             assert proc.wait(timeout=30) == 1                            # it exits once the page has the report

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -242,3 +243,65 @@ def test_failing_tests_come_with_the_finished_attempt() -> None:
                               failures=(TestFailure("tests/x.py::test_<b>", "assert 1 == 2"),)))
     assert dash.model.failures["s001#1"]["tests"] == [
         {"name": "tests/x.py::test_<b>", "classname": "", "message": "assert 1 == 2", "outcome": "failed"}]
+
+
+def test_a_browser_that_stops_reading_never_slows_the_run_and_is_dropped() -> None:
+    """A real socket that sends its request and never reads: its kernel buffers fill, its writer waits,
+    its buffer overflows into a resync; handle() stays fast, and the stalled viewer is disconnected."""
+
+    async def main() -> None:
+        dash = LiveDashboard(Address("127.0.0.1", 0), buffer=50, write_timeout=0.5)
+        url = await dash.start()
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.set_write_buffer_limits(0)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        writer.write(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        await writer.drain()
+        for _ in range(100):
+            if dash.viewers:
+                break
+            await asyncio.sleep(0.01)
+        assert dash.viewers
+        slowest = 0.0
+        big = "x" * 4000
+        for i in range(3000):
+            began = time.perf_counter()
+            dash.handle(Notice(text=f"{i} {big}", at=float(i)))
+            slowest = max(slowest, time.perf_counter() - began)
+            if i % 100 == 0:
+                await asyncio.sleep(0.01)               # let the viewer's task try to write
+        assert slowest < 0.05                           # never waits for the socket
+        for _ in range(300):
+            if not dash.viewers:
+                break
+            await asyncio.sleep(0.01)
+        assert not dash.viewers                         # the stalled page was let go
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass                                        # the server hung up on it, as it should
+        await dash.close()
+
+    asyncio.run(main())
+
+
+def test_on_another_address_the_token_is_required() -> None:
+    async def main() -> None:
+        dash = LiveDashboard(Address("0.0.0.0", 0))
+        url = await dash.start()
+        try:
+            assert dash.token and url.endswith(f"/?token={dash.token}")
+            port = url.split("?")[0].rsplit(":", 1)[1].strip("/")
+            local = f"http://127.0.0.1:{port}/"
+            async with aiohttp.ClientSession() as session:
+                async with session.get(local) as refused:
+                    assert refused.status == 403
+                async with session.get(local + "?token=" + dash.token) as page:
+                    assert page.status == 200
+        finally:
+            await dash.close()
+
+    asyncio.run(main())

@@ -69,15 +69,21 @@ class Viewer:
         self.wake.set()
 
 
+def _hang_up(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
 class LiveDashboard:
     """The live page of one run: subscribe it to the run's events, ``await start()``, ``finish(record)``."""
 
     def __init__(self, address: Address, *, clock: Callable[[], float] = time.monotonic,
-                 token: str | None = None, buffer: int = BUFFER) -> None:
+                 token: str | None = None, buffer: int = BUFFER, write_timeout: float = WRITE_TIMEOUT) -> None:
         self.address = address
         self.token = token if token is not None else (None if address.loopback else new_token())
         self.clock = clock
         self.buffer = buffer
+        self.write_timeout = write_timeout
         self.model = LiveModel()
         self.viewers: set[Viewer] = set()
         self.tails: dict[str, set[Viewer]] = {}
@@ -220,7 +226,7 @@ class LiveDashboard:
         return response
 
     async def _write(self, response: web.StreamResponse, data: bytes) -> None:
-        await asyncio.wait_for(response.write(data), WRITE_TIMEOUT)
+        await asyncio.wait_for(response.write(data), self.write_timeout)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         self._seen()
@@ -234,7 +240,9 @@ class LiveDashboard:
                 await self._write(response, sse("report", _dumps({})))
                 return response
             await self._pump(request, response, viewer, snapshot=True)
-        except (ConnectionError, TimeoutError, RuntimeError):
+        except TimeoutError:
+            _hang_up(request)                         # a page that takes no writes: let it go
+        except (ConnectionError, RuntimeError):
             pass
         finally:
             self.viewers.discard(viewer)
@@ -286,7 +294,9 @@ class LiveDashboard:
                 return response
             self.tails.setdefault(key, set()).add(viewer)
             await self._pump(request, response, viewer, snapshot=False)
-        except (ConnectionError, TimeoutError, RuntimeError):
+        except TimeoutError:
+            _hang_up(request)                         # a page that takes no writes: let it go
+        except (ConnectionError, RuntimeError):
             pass
         finally:
             watchers = self.tails.get(key)
