@@ -94,8 +94,8 @@ class Attempt:
             with open(run.log_path, "w", encoding="utf-8") as log:
                 try:
                     outcome, reason = await self._body(log, run)
-                except ConnectError as exc:
-                    outcome, reason = Outcome.INFRA_FAILED, str(exc)
+                except ConnectError as exc:     # shown beside the machine's name: not inside it too
+                    outcome, reason = Outcome.INFRA_FAILED, str(exc).removeprefix(f"{h.name}: ")
                 except _NotStarted:
                     outcome, reason = Outcome.CANCELLED, self.cancel_reason or "cancelled"
                 except Exception as exc:  # a bug or an unexpected library error must never lose a shard
@@ -151,8 +151,8 @@ class Attempt:
         ctx, h, shard = self.ctx, self.handle, self.shard
         suite = ctx.suite
         problem = await h.ready(prepare_machine)
-        if problem is not None:
-            raise ConnectError(problem)
+        if problem is not None:             # told once with the machine's status; short here
+            raise ConnectError(f"{h.short_problem(problem)} (machine drained)")
         if suite.uses_junit:
             run.junit_remote = junit_path(suite, run_id=ctx.run_id, shard=shard, attempt=self.number)
         invocation = shard_invocation(suite, shard=shard, machine=h.name, run_id=ctx.run_id,

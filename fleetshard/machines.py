@@ -86,13 +86,19 @@ class MachineHandle:
             await self.transport.connect()
             problem = await prepare(self)
         except ConnectError as exc:
-            problem = str(exc)
+            problem = str(exc).removeprefix(f"{self.name}: ")
         except Exception as exc:  # whatever it is, the machine cannot take shards
-            problem = f"{self.name}: preparation failed: {type(exc).__name__}: {exc}"
+            problem = f"preparation failed: {type(exc).__name__}: {exc}"
         if problem is not None and self.status not in ("lost", "drained"):
-            # Preparation is done once per machine: every shard sent there would fail the same way.
+            # Preparation is done once per machine: every shard sent there would fail the same way, so the
+            # whole story is told once, here; the shards that waited for it get the short form.
             self.set_status("drained", problem)
         return problem
+
+    @staticmethod
+    def short_problem(problem: str) -> str:
+        """The first clause of a preparation problem (``setup failed on box (exit code 128)``)."""
+        return problem.split(": ", 1)[0]
 
     async def check_lost(self, why: str) -> None:
         """After a dropped channel: is the machine still there? If not, it takes no more work.

@@ -172,20 +172,24 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
                                              budget + CONNECT_SLACK)
         if result.exit_status != 0:
             why = result.error or f"probe exited with {result.exit_status or result.signal}"
+            said = [line.strip() for line in out.splitlines() if line.strip()]
+            if said and result.error is None:        # what the probe printed last (its stderr is merged)
+                why += f": {' | '.join(said[-2:])[:300]}"
             return HealthReport(**base, reachable=result.error is None, healthy=False, reasons=(why,),
                                 connect_s=connect_s)
         remaining = max(0.5, budget - (time.perf_counter() - probe_started))
         rtts = [await asyncio.wait_for(transport.rtt(), remaining) for _ in range(3)]
-    except ConnectError as exc:
-        return HealthReport(**base, reachable=False, healthy=False, reasons=(str(exc),))
+    except ConnectError as exc:         # reasons are shown beside the machine's name: not inside them too
+        return HealthReport(**base, reachable=False, healthy=False,
+                            reasons=(str(exc).removeprefix(f"{machine.name}: "),))
     except TimeoutError:
         limit = connect_limit - CONNECT_SLACK if phase == "connect" else budget
         what = "no answer" if phase == "connect" else "the probe did not finish"
         return HealthReport(**base, reachable=False, healthy=False,
-                            reasons=(f"{machine.name}: {what} within {limit:g} s ({phase} phase)",))
+                            reasons=(f"{what} within {limit:g} s ({phase} phase)",))
     except Exception as exc:  # a failing machine is data, whatever the failure
         return HealthReport(**base, reachable=False, healthy=False,
-                            reasons=(f"{machine.name}: probe failed: {type(exc).__name__}: {exc}",))
+                            reasons=(f"probe failed: {type(exc).__name__}: {exc}",))
     values = parse_probe_output(out)
     metrics = metrics_from(values)
     reasons = judge(metrics, thresholds)

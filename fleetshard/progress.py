@@ -843,11 +843,19 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
     not_run = [s for s in record.shards if s.state == "not-run"]
     if not_run:
         out.append(Text(f"not run ({len(not_run)}):", style="bold magenta"))
-        for shard in not_run:
-            attempt = _shown_attempt(shard, by_shard.get(shard.id, []))
-            line = Text(f"  {shard.id}: {shard.reason or 'not run'}")
-            if attempt is not None and attempt.log_path:
-                line.append(f"  log: {attempt.log_path}", style="dim")
+        by_reason: dict[str, list[str]] = {}
+        for shard in not_run:               # one line per reason: 40 shards not run for one cause are one line
+            by_reason.setdefault(shard.reason or "not run", []).append(shard.id)
+        for reason, ids in by_reason.items():
+            if len(ids) == 1:
+                shard = next(s for s in not_run if s.id == ids[0])
+                attempt = _shown_attempt(shard, by_shard.get(shard.id, []))
+                line = Text(f"  {shard.id}: {reason}")
+                if attempt is not None and attempt.log_path:
+                    line.append(f"  log: {attempt.log_path}", style="dim")
+            else:
+                shown = " ".join(ids) if len(ids) <= 12 else " ".join(ids[:10]) + f" … ({len(ids) - 10} more)"
+                line = Text(f"  {_plural(len(ids), 'shard')} ({shown}): {reason}")
             out.append(line)
     if not quiet:
         flaky_shards = [s.id for s in record.shards if s.flaky]

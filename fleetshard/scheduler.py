@@ -515,7 +515,8 @@ class Scheduler:
         return any(m.usable for m in self._machines.values())
 
     def _no_machine_reason(self) -> str:
-        reasons = [f"{n} {m.state}" + (f" ({m.reason})" if m.reason else "")
+        # Each machine's full reason was said when its state changed: here only its first clause.
+        reasons = [f"{n} {m.state}" + (f" ({_first_clause(m.reason)})" if m.reason else "")
                    for n, m in self._machines.items()]
         return "no machine left: " + ("; ".join(reasons) if reasons else "no machines")
 
@@ -679,3 +680,9 @@ class Scheduler:
             return None
         end, sr, expected = best
         return sr if at + here.startup + expected / here_speed < end else None
+
+
+def _first_clause(reason: str, limit: int = 80) -> str:
+    """``setup failed on a (exit code 128): fatal: …`` -> ``setup failed on a (exit code 128)``."""
+    head = reason.split(": ", 1)[0]
+    return head if len(head) <= limit else head[: limit - 1] + "…"

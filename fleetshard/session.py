@@ -118,7 +118,7 @@ async def check_machines(ctx: RunContext, selected: Sequence[Machine], transport
         for m in selected:
             r = reports.get(m.name)
             if r is not None and not r.reachable:
-                ctx.notice(f"{m.name}: left out: {'; '.join(r.reasons)}", "warning", m.name)
+                ctx.notice(f"left out: {'; '.join(r.reasons)}", "warning", m.name)
                 continue
             cores = r.cores if r else (os.cpu_count() or 1)
             usable.append(MachineHandle(m, transports[m.name], ctx, m.slots or cores or 1, m.speed or 1.0, r))
@@ -126,7 +126,7 @@ async def check_machines(ctx: RunContext, selected: Sequence[Machine], transport
         for r in await probe_all(selected, transports, inv.health, calibrate=calibrate):
             m = inv.machine(r.machine)
             if not r.healthy:
-                ctx.notice(f"{m.name}: left out ({r.status}): {'; '.join(r.reasons)}", "warning", m.name)
+                ctx.notice(f"left out ({r.status}): {'; '.join(r.reasons)}", "warning", m.name)
                 machines[m.name] = MachineHandle(m, transports[m.name], ctx, 0, m.speed or 1.0, r,
                                                  status=r.status)
                 continue

@@ -47,7 +47,23 @@ async def _step(st: MachineHandle, what: str, command: str) -> str | None:
     why = result.error or (f"killed by signal {result.signal}" if result.signal
                            else f"exit code {result.exit_status}")
     last = _last_line(out)
-    return f"{what} failed on {st.machine.name} ({why}){': ' + last if last else ''} (log: {log})"
+    hint = _hint(out)
+    return (f"{what} failed on {st.machine.name} ({why}){': ' + last if last else ''} (log: {log})"
+            + (f"; {hint}" if hint else ""))
+
+
+_GIT_MISSING_COMMIT = ("reference is not a tree", "unknown revision", "bad object", "not our ref",
+                       "did not match any file(s) known to git", "couldn't find remote ref",
+                       "no such commit", "invalid reference")
+
+
+def _hint(out: str) -> str | None:
+    """What to do about a setup failure fleetshard recognises."""
+    low = out.lower()
+    if any(s in low for s in _GIT_MISSING_COMMIT):
+        return ("hint: the machine's git checkout does not have this commit: push it first (git push), "
+                "so that setup can fetch $FLEETSHARD_COMMIT")
+    return None
 
 
 async def prepare_machine(st: MachineHandle) -> str | None:
@@ -64,9 +80,9 @@ async def prepare_machine(st: MachineHandle) -> str | None:
             copied = await sync_dir(run.inv.base_dir / cfg.sync, st)
         except (OSError, ConnectError) as exc:
             return f"sync of {cfg.sync} to {st.machine.name} failed: {exc}"
-        run.notice(f"{st.machine.name}: synced {copied} changed file(s) from {cfg.sync}", machine=st.machine.name)
+        run.notice(f"synced {copied} changed file(s) from {cfg.sync}", machine=st.machine.name)
     if cfg.setup:
-        run.notice(f"{st.machine.name}: running setup", machine=st.machine.name)
+        run.notice("running setup", machine=st.machine.name)
         problem = await _step(st, "setup", cfg.setup)
         if problem:
             return problem

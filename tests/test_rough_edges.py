@@ -6,6 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from clihelp import fleetshard
+from fleet import SshFleet, WriteInventory
 
 from fleetshard.errors import ConfigError
 from fleetshard.inventory import load_inventory
@@ -41,3 +43,76 @@ def test_health_interval_zero_is_accepted_and_negative_refused(tmp_path: Path) -
     assert load(tmp_path, "health: {interval: 0}\nmachines: {a: {}}\n").health.interval == 0
     with pytest.raises(ConfigError, match=r"health\.interval"):
         load(tmp_path, "health: {interval: -1}\nmachines: {a: {}}\n")
+
+
+def test_probe_exit_status_comes_with_what_the_probe_said() -> None:
+    import asyncio
+    from collections.abc import Mapping, Sequence
+
+    from fleetshard.inventory import HealthThresholds, Machine
+    from fleetshard.probes import probe
+    from fleetshard.transport.base import OutputTarget, ProcessResult, RemoteProcess
+
+    class Refusing:
+        name = "box"
+
+        async def connect(self) -> float:
+            return 0.0
+
+        async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                      stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
+            return ProcessResult(1), "This account is currently not available.\n"
+
+        async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
+                        on_line: OutputTarget) -> RemoteProcess:
+            raise NotImplementedError
+
+        async def kill_groups(self, pgids: Sequence[int], signal: str, *, markers: Sequence[str] = ()) -> None:
+            return None
+
+        async def get_file(self, remote: str, local: str) -> bool:
+            return False
+
+        async def put_file(self, local: str, remote: str) -> None:
+            return None
+
+        async def rtt(self) -> float:
+            return 0.0
+
+        async def close(self) -> None:
+            return None
+
+    report = asyncio.run(probe(Machine(name="box", host="box.lan"), Refusing(), HealthThresholds()))
+    assert report.reasons == ("probe exited with 1: This account is currently not available.",)
+
+
+def test_messages_name_each_machine_once(fleet: SshFleet, fleet_inventory: WriteInventory, tmp_path: Path) -> None:
+    address, port = fleet.unused_address()
+    wrong = fleet.write_known_hosts(tmp_path / "wrong_known_hosts", wrong=["h2"])
+    inv = fleet_inventory(machines=["h1", "h2"], suite={"command": "true", "shards": 2},
+                          extra_machine_keys={"dead": {"host": address, "port": port, "connect_timeout": 1},
+                                              "h2": {"known_hosts": str(wrong)}})
+    res = fleetshard("run", "-i", inv, "--no-live")
+    assert res.code == 0, res.out + res.err
+    text = res.out + res.err
+    assert "dead: left out (unreachable): connection refused" in text
+    assert "h2: left out (unreachable): HOST KEY CHANGED" in text
+    for name in ("dead", "h2"):
+        assert f"{name}: {name}:" not in text, text
+    health = fleetshard("health", "-i", inv)
+    assert "dead: dead:" not in health.out + health.err and "h2: h2:" not in health.out + health.err
+
+
+def test_failing_setup_said_once_per_machine_with_a_git_hint(fleet: SshFleet, fleet_inventory: WriteInventory
+                                                               ) -> None:
+    setup = "echo 'fatal: reference is not a tree: 0123456789abcdef0123456789abcdef01234567' >&2; exit 128"
+    inv = fleet_inventory(machines=["h1", "h2"], slots=3,
+                          suite={"command": "true", "shards": 12, "setup": setup})
+    res = fleetshard("run", "-i", inv, "--no-live")
+    assert res.code == 3, res.out + res.err
+    text = res.out + res.err
+    for name in ("h1", "h2"):
+        assert text.count(f"setup failed on {name} (exit code 128): fatal: reference is not a tree") == 1, text
+    assert text.count("hint: the machine's git checkout does not have this commit: push it first") == 2
+    summary = text.split("not run (12):", 1)[1]
+    assert "12 shards (s001 s002" in summary and summary.count("no machine left") == 1
