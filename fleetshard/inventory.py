@@ -140,6 +140,20 @@ class RetryPolicyConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    """A background command started once per machine after setup and kept running for the run."""
+
+    command: str                # shell line; {machine} and the machine's env work in it
+    ready: str | None = None    # a command, or an http(s):// URL, polled until it succeeds
+    timeout: float = 30.0       # seconds to become ready
+    line: int = 0
+
+    @property
+    def ready_url(self) -> bool:
+        return self.ready is not None and self.ready.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
 class SuiteConfig:
     command: str | None = None  # template: {shard} {total} {files} {junit} {machine} {run_id}
     tests: tuple[str, ...] = ()  # globs, relative to the inventory's directory
@@ -156,6 +170,7 @@ class SuiteConfig:
     runner: str | None = None  # pytest | playwright | jest | command (None: command)
     args: str = ""  # extra runner arguments (shell words) for the listing and every run
     ok_exit_codes: tuple[int, ...] = (0,)  # exit codes that pass when the JUnit shows no failing test
+    services: tuple[ServiceConfig, ...] = ()
     line: int = 0
 
 
@@ -530,6 +545,27 @@ def _args(ctx: _Ctx, node: Node, field: str) -> str:
     return value
 
 
+def _services(ctx: _Ctx, node: Node, field: str) -> tuple[ServiceConfig, ...]:
+    """A list of {command, ready, timeout} mappings (a bare string is a command with no ready check)."""
+    if not isinstance(node, SequenceNode):
+        raise _bad(ctx, node, field, "a list of services ({command: ..., ready: ..., timeout: ...})")
+    services = []
+    for i, item in enumerate(node.value):
+        sub = f"{field}[{i}]"
+        if isinstance(item, ScalarNode):
+            services.append(ServiceConfig(command=_str(ctx, item, sub), line=_line(item)))
+            continue
+        entries = ctx.mapping(item, sub, what="a mapping with command, ready and timeout")
+        values = _fields(ctx, entries, _SERVICE_FIELDS, sub)
+        if "command" not in values:
+            raise ctx.error("missing: command", _line(item), _join(sub, "command"))
+        ready = values.get("ready")
+        if isinstance(ready, str) and ready.startswith(("http://", "https://")):
+            _url(ctx, entries["ready"].value, _join(sub, "ready"))
+        services.append(ServiceConfig(line=_line(item), **values))
+    return tuple(services)
+
+
 @dataclass(frozen=True)
 class _Field:
     convert: Converter
@@ -589,6 +625,13 @@ _SUITE_FIELDS: dict[str, _Field] = {
     "runner": _Field(_choice("pytest", "playwright", "jest", "command"), nullable=True),
     "args": _Field(_args),
     "ok_exit_codes": _Field(_exit_codes),
+    "services": _Field(_services),
+}
+
+_SERVICE_FIELDS: dict[str, _Field] = {
+    "command": _Field(_str),
+    "ready": _Field(_str, nullable=True),
+    "timeout": _Field(_pos_float),
 }
 
 _TOP_FIELDS = ("defaults", "health", "retry", "machines", "suite", "history", "notify")
