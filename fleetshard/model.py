@@ -43,8 +43,8 @@ class Shard:
     index: int                        # 1-based, the {shard} placeholder
     total: int                        # the {total} placeholder
     files: tuple[str, ...] = ()       # file mode: the test files ({files}); empty in native-shard mode
-    tests: tuple[str, ...] = ()       # with a runner: the test ids of those files ({tests}); else empty
     expected: float | None = None     # expected seconds on a speed-1.0 machine; None when unknown
+    tests: tuple[str, ...] = ()       # with a runner: the test ids of those files ({tests}); else empty
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ Shared by `fleetshard plan` (which prints the :class:`Prepared` plan and stops) 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from .errors import HistoryError, NoHealthyMachineError
 from .inventory import Machine
 from .machines import MachineHandle
 from .model import MachineSlots, Shard
-from .probes import calibrated_speeds, probe_all
-from .suite import Suite, assign_tests, discover, file_sizes
+from .probes import probe_all
+from .speeds import Sample, SpeedEstimate, estimate_speeds
+from .suite import Discovery, Suite, assign_tests, discover, file_sizes
 from .transport import Transport
 
 
@@ -39,6 +41,7 @@ class Prepared:
     lower: float | None
     explain: str                        # why this many shards
     history: Any                        # an open History, or None
+    speeds: dict[str, SpeedEstimate] = field(default_factory=dict)   # how each speed was settled
 
 
 def combine_speeds(names: Sequence[str], learned: Mapping[str, float], declared: Mapping[str, float]
@@ -74,37 +77,53 @@ def open_history(ctx: RunContext) -> Any:
 async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
                   history: Any) -> Prepared:
     suite = ctx.suite
-    learned = _learned_speeds(ctx, history)
-    # A first run knows no speed: machines with neither a declared nor a learned one time a CPU loop.
-    calibrate = {m.name for m in selected if not m.speed and m.name not in learned}
-    machines: dict[str, MachineHandle] = {}
-    usable = await check_machines(ctx, selected, transports, calibrate, machines)
-    speeds = _speeds(machines, learned)
-    startup = _startup(history)
-    slots = [MachineSlots(name=h.name, slots=h.slots, speed=speeds.get(h.name, h.speed),
-                          startup=startup.get(h.name, 0.0)) for h in usable]
-    for h, ms in zip(usable, slots, strict=True):
-        h.speed = ms.speed
-    strategy = ctx.opts.strategy or suite.config.strategy or "dynamic"
-    shards, explain, source = build_shards(ctx, suite, slots, strategy, history)
-    known = bool(shards) and all(s.expected is not None for s in shards)
+    # Discovery (the runner's own listing can take a second or two) runs while the machines are probed.
+    discovery: asyncio.Future[Discovery] | None = None
+    if suite.mode != "native" and not ctx.opts.resume:
+        discovery = asyncio.ensure_future(asyncio.to_thread(discover, suite, ctx.inv.base_dir))
+    try:
+        samples = _speed_samples(ctx, history)
+        declared = {m.name: m.speed for m in selected if m.speed}
+        known = estimate_speeds([m.name for m in selected], samples, declared=declared)
+        # The CPU calibration only when some machine's speed is not known for certain (declared, or learned
+        # over runs); then every machine times it, so that the loop's times have a common reference.
+        unsure = any(not m.speed and not known[m.name].certain for m in selected)
+        calibrate = {m.name for m in selected} if unsure else set()
+        machines: dict[str, MachineHandle] = {}
+        usable = await check_machines(ctx, selected, transports, calibrate, machines)
+        estimates = estimate_speeds(list(machines), samples, declared=declared,
+                                    calibrated=_calibrations(machines))
+        startup = _startup(history, suite.command)
+        speeds = planning_speeds({h.name: estimates[h.name] for h in usable})
+        slots = [MachineSlots(name=h.name, slots=h.slots, speed=speeds[h.name],
+                              startup=startup.get(h.name, 0.0)) for h in usable]
+        for h, ms in zip(usable, slots, strict=True):
+            h.speed = ms.speed
+        strategy = ctx.opts.strategy or suite.config.strategy or "dynamic"
+        found = await discovery if discovery is not None else None
+    finally:
+        if discovery is not None and not discovery.done():
+            discovery.cancel()
+    shards, explain, source = build_shards(ctx, suite, slots, strategy, history, found)
+    known_durations = bool(shards) and all(s.expected is not None for s in shards)
     if strategy == "dynamic" and source != "uniform":
         shards = planning.order_for_queue(shards)
     assignment: dict[str, str] | None = None
     if strategy == "static":
         assignment = planning.assign_static(shards, slots)
-    elif known:
+    elif known_durations:
         # Durations known from history: each machine's list is planned (LPT with machine speeds); the
         # scheduler runs those lists and lets a machine that runs dry take work from the others.
         assignment = planning.lpt_assign(shards, slots)
     expected: float | None = None
     lower: float | None = None
-    if known:
+    if known_durations:
         sim = planning.simulate(shards, slots, strategy="static", assignment=assignment)
         expected = sim.makespan
         lower = planning.lower_bound([s.expected or 0.0 for s in shards], slots)
     return Prepared(machines=machines, usable=usable, slots=slots, shards=shards, strategy=strategy,
-                    assignment=assignment, expected=expected, lower=lower, explain=explain, history=history)
+                    assignment=assignment, expected=expected, lower=lower, explain=explain, history=history,
+                    speeds=estimates)
 
 
 async def check_machines(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
@@ -141,38 +160,59 @@ async def check_machines(ctx: RunContext, selected: Sequence[Machine], transport
     return usable
 
 
-def _learned_speeds(ctx: RunContext, history: Any) -> dict[str, float]:
-    if history is None:
+def planning_speeds(estimates: Mapping[str, SpeedEstimate]) -> dict[str, float]:
+    """The speeds to plan with: each discounted by its uncertainty (:attr:`SpeedEstimate.planning`), then
+    scaled so that their median is the median speed, so that only the differences in certainty between
+    machines shift work (a fleet that is uniformly uncertain plans as if it were certain)."""
+    if not estimates:
         return {}
+    plan = {n: e.planning for n, e in estimates.items()}
+    scale = statistics.median(e.speed for e in estimates.values()) / statistics.median(plan.values())
+    return {n: round(v * scale, 4) for n, v in plan.items()}
+
+
+def _speed_samples(ctx: RunContext, history: Any) -> list[Sample]:
+    if history is None:
+        return []
     try:
-        learned: dict[str, float] = history.machine_speeds()
+        samples: list[Sample] = history.speed_samples()
     except HistoryError as exc:
         ctx.notice(f"history: {exc}", "warning")
+        return []
+    return samples
+
+
+def _calibrations(machines: Mapping[str, MachineHandle]) -> dict[str, float]:
+    """Each calibrated machine's CPU loop against the median machine's (1.0)."""
+    times = {name: h.health.calib_ms for name, h in machines.items() if h.health is not None and h.health.calib_ms}
+    if len(times) < 2:
         return {}
-    return learned
+    median = statistics.median(times.values())
+    return {name: median / ms for name, ms in times.items() if ms and ms > 0}
 
 
-def _speeds(machines: Mapping[str, MachineHandle], learned: Mapping[str, float]) -> dict[str, float]:
-    """Learned, else declared, else the probe's CPU calibration, else 1.0."""
-    reports = [h.health for h in machines.values() if h.health is not None]
-    guessed = calibrated_speeds(reports)
-    declared = {name: h.machine.speed or guessed[name] for name, h in machines.items()
-                if h.machine.speed or name in guessed}
-    return combine_speeds(list(machines), learned, declared)
-
-
-def _startup(history: Any) -> dict[str, float]:
+def _startup(history: Any, command: str | None = None) -> dict[str, float]:
     if history is None:
         return {}
     try:
-        startup: dict[str, float] = history.machine_startup()
+        startup: dict[str, float] = history.machine_startup(command=command)
     except HistoryError:
         return {}
     return startup
 
 
-def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], strategy: str, history: Any
-                 ) -> tuple[list[Shard], str, str]:
+def _native_work(history: Any, command: str) -> float | None:
+    if history is None:
+        return None
+    try:
+        work: float | None = history.native_work(command)
+    except HistoryError:
+        return None
+    return work
+
+
+def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], strategy: str, history: Any,
+                 found: Discovery | None = None) -> tuple[list[Shard], str, str]:
     opts = ctx.opts
     count = opts.shards or suite.config.shards
     resume = None
@@ -186,11 +226,14 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
             shards = [Shard(id=f"s{i:03d}", index=i, total=total or len(resume.shard_indices))
                       for i in resume.shard_indices]
             return shards, f"resuming {len(shards)} shards of run {opts.resume}", "uniform"
-        shards = planning.native_shards(count, slots, strategy)  # type: ignore[arg-type]
-        why = planning.native_why(len(shards), slots, strategy, explicit=count is not None)  # type: ignore[arg-type]
+        work = _native_work(history, suite.command) if count is None else None
+        shards = planning.native_shards(count, slots, strategy, work=work)  # type: ignore[arg-type]
+        why = planning.native_why(len(shards), slots, strategy, explicit=count is not None,  # type: ignore[arg-type]
+                                  work=work)
         return shards, why, "uniform"
     base = ctx.inv.base_dir
-    found = discover(suite, base)
+    if found is None:
+        found = discover(suite, base)
     ctx.listing = found.listing
     files = found.files
     if resume is not None:
@@ -251,6 +294,10 @@ def print_plan(console: Any, p: Prepared) -> None:
     machines = ", ".join(f"{m.name} ({m.slots} slot{'s' if m.slots != 1 else ''}, speed {m.speed:.2g})"
                          for m in slots)
     console.print(f"machines: {machines}", soft_wrap=True)
+    if p.speeds:
+        speeds = ", ".join(f"{name} {est.describe()}" for name, est in p.speeds.items()
+                           if name in {m.name for m in slots})
+        console.print(f"speeds: {speeds}; uncertain speeds are planned slower", soft_wrap=True)
     console.print(f"shards: {p.explain}", soft_wrap=True)
     if expected is not None and lower is not None:
         console.print(f"expected makespan {format_duration(expected)}, lower bound {format_duration(lower)}"

@@ -136,8 +136,16 @@ def estimate_speeds(names: Sequence[str], samples: Iterable[Sample] = (), *,
     """Every machine's speed with its certainty, from history, the inventory and the calibration."""
     learned = learn(samples)
     priors: dict[str, tuple[float, float, SpeedSource]] = {}
+    declared = {n: v for n, v in (declared or {}).items() if v and v > 0 and math.isfinite(v)}
+    calibrated = {n: v for n, v in (calibrated or {}).items() if v and v > 0 and math.isfinite(v)}
+    # The calibration is relative to its median machine: bring it to the declared scale through the
+    # machines that have both, so that one machine's declared speed and another's loop time compare.
+    common = [n for n in calibrated if n in declared]
+    if common:
+        factor = math.exp(statistics.median(math.log(declared[n] / calibrated[n]) for n in common))
+        calibrated = {n: v * factor for n, v in calibrated.items()}
     sources: tuple[tuple[Mapping[str, float], float, SpeedSource], ...] = (
-        (calibrated or {}, CALIBRATION_SE, "calibration"), (declared or {}, DECLARED_SE, "declared"))
+        (calibrated, CALIBRATION_SE, "calibration"), (declared, DECLARED_SE, "declared"))
     for table, prior_se, kind in sources:
         for name, value in table.items():
             if value and value > 0 and math.isfinite(value):

@@ -271,8 +271,8 @@ def test_slow_machines_get_a_cpu_quota_their_sessions_inherit(make_fleet: MakeFl
     assert f.cgroups
     fast, slow = f.machines
     assert fast.cgroup is not None and slow.cgroup is not None
-    assert (slow.cgroup / "cpu.cfs_quota_us").read_text().strip() == str(25_000)
-    assert (fast.cgroup / "cpu.cfs_quota_us").read_text().strip() == str(100_000)
+    assert (slow.cgroup / "cpu.cfs_quota_us").read_text().strip() == str(2_500)
+    assert (fast.cgroup / "cpu.cfs_quota_us").read_text().strip() == str(10_000)
     assert slow.pid in f.cgroup_pids("h2")
     # A session and its children are in the machine's cgroup, and say so in their environment.
     out = ssh(f, "h2", "sh -c 'echo $FLEETSHARD_TEST_CPU; cat /proc/self/cgroup'").stdout

@@ -68,7 +68,8 @@ def test_resume_runs_only_what_did_not_pass(fleet: SshFleet, fleet_inventory: Wr
 
 def test_speculation_rescues_a_straggler(fleet: SshFleet, fleet_inventory: WriteInventory, tmp_path: Path) -> None:
     # h4 is three times slower (FLEETSHARD_TEST_SPEED=3) and says so in the inventory.
-    inv = fleet_inventory(machines=["h1", "h4"], slots=1, extra_machine_keys={"h4": {"speed": 0.33}},
+    inv = fleet_inventory(machines=["h1", "h4"], slots=1,
+                          extra_machine_keys={"h1": {"speed": 1.0}, "h4": {"speed": 0.33}},
                           suite={"command": "sleep $FLEETSHARD_TEST_SPEED", "shards": 2, "kill_grace": 1})
     js = tmp_path / "r.json"
     start = time.monotonic()

@@ -95,3 +95,10 @@ def test_declared_and_calibrated_speeds_are_brought_to_the_learned_scale() -> No
 def test_describe() -> None:
     est = estimate_speeds(["a"], declared={"a": 2.0})["a"]
     assert est.describe().startswith("2 ±22% (declared)")
+
+
+def test_calibration_is_brought_to_the_declared_scale() -> None:
+    # h4 declared 0.33 (the user's scale); the CPU loop saw h1 three times faster than h4
+    est = estimate_speeds(["h1", "h4"], declared={"h4": 0.33}, calibrated={"h1": 1.5, "h4": 0.5})
+    assert est["h1"].speed == pytest.approx(0.99) and est["h1"].source == "calibration"
+    assert est["h4"].speed == pytest.approx(0.33) and est["h4"].source == "declared"
