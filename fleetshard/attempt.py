@@ -9,21 +9,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 from .context import RunContext
 from .errors import ConnectError
 from .events import OutputLine, ShardFinished, ShardStarted
 from .machines import MachineHandle
 from .model import Outcome, Shard, TestFailure
+from .output import TAIL_LINES, ShardOutput
 from .results import add_collection_errors, judge
 from .suite import junit_path, shard_invocation
 from .transport import RemoteProcess
 from .transport.base import ProcessResult
-
-TAIL_LINES = 20
 
 
 class _NotStarted(Exception):
@@ -91,19 +90,23 @@ class Attempt:
         failures: tuple[TestFailure, ...] = ()
         rerun: tuple[str, ...] | None = None
         try:
-            with open(run.log_path, "w", encoding="utf-8") as log:
-                try:
-                    outcome, reason = await self._body(log, run)
-                except ConnectError as exc:     # shown beside the machine's name: not inside it too
-                    outcome, reason = Outcome.INFRA_FAILED, str(exc).removeprefix(f"{h.name}: ")
-                except _NotStarted:
-                    outcome, reason = Outcome.CANCELLED, self.cancel_reason or "cancelled"
-                except Exception as exc:  # a bug or an unexpected library error must never lose a shard
-                    outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
-                    if self.wait is not None:
-                        await self.stop()
+            out = self._output(run)
+            try:
+                outcome, reason = await self._body(out, run)
+            except ConnectError as exc:     # shown beside the machine's name: not inside it too
+                outcome, reason = Outcome.INFRA_FAILED, str(exc).removeprefix(f"{h.name}: ")
+            except _NotStarted:
+                outcome, reason = Outcome.CANCELLED, self.cancel_reason or "cancelled"
+            except Exception as exc:  # a bug or an unexpected library error must never lose a shard
+                outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
+                if self.wait is not None:
+                    await self.stop()
+            finally:
                 if reason:
-                    log.write(f"# {outcome}: {reason}\n")
+                    out.note(f"# {outcome}: {reason}")
+                out.close()
+            if run.result.warning:
+                ctx.warn_once("output", f"{shard.id} attempt {self.number}: {run.result.warning}")
             run.ended = ctx.now()           # busy time and learned durations exclude the downloads below
             if outcome is Outcome.INFRA_FAILED and run.result.error and h.status != "lost":
                 await h.check_lost(run.result.error)
@@ -145,7 +148,21 @@ class Attempt:
                         files=shard.files)
         return verdict.outcome, verdict.reason, verdict.failures, verdict.rerun, junit
 
-    async def _body(self, log: TextIO, run: _Gathered) -> tuple[Outcome, str]:
+    def _output(self, run: _Gathered) -> ShardOutput:
+        """The attempt's output sink: log, tail, and OutputLine events when a view wants them."""
+        ctx, shard_id, number, machine = self.ctx, self.shard.id, self.number, self.handle.name
+        stream: Callable[[str], None] | None = None
+        if ctx.output:
+            emit, now = ctx.emit, ctx.now
+
+            def stream(line: str) -> None:
+                emit(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line, at=now()))
+
+        out = ShardOutput(run.log_path, lambda text: ctx.warn_once("log", text), stream)
+        run.tail = out.tail.lines
+        return out
+
+    async def _body(self, sink: ShardOutput, run: _Gathered) -> tuple[Outcome, str]:
         from .workspace import prepare_machine
 
         ctx, h, shard = self.ctx, self.handle, self.shard
@@ -165,20 +182,11 @@ class Attempt:
                 timeout=60)
             if wrote.exit_status != 0:
                 raise ConnectError(f"cannot write {path} on {h.name}: {wrote.error or out.strip()[-200:]}")
-        log.write(f"# {h.name}: {run.command}\n")
-        output, emit, tail, now = ctx.output, ctx.emit, run.tail, ctx.now
-        shard_id, number, machine = shard.id, self.number, h.name
-
-        def on_line(line: str) -> None:
-            log.write(line + "\n")
-            tail.append(line)
-            if output:
-                emit(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line, at=now()))
-
+        sink.note(f"# {h.name}: {run.command}")
         if self.cancel_reason is not None:
             raise _NotStarted
         self.proc = await h.transport.start(run.command, cwd=h.workdir,
-                                            env=h.env(shard, self.number, run.junit_remote), on_line=on_line)
+                                            env=h.env(shard, self.number, run.junit_remote), on_line=sink)
         self.wait = asyncio.ensure_future(self.proc.wait())
         run.started = ctx.now()
         ctx.emit(ShardStarted(machine=h.name, shard=shard, attempt=self.number, command=run.command,

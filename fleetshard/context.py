@@ -75,6 +75,7 @@ class RunContext:
     t0: float = 0.0
     t0_wall: float = 0.0
     listing: Listing | None = None    # the runner's own listing, from discovery (runner suites)
+    warned: set[str] = field(default_factory=set)   # kinds of warning already shown (once per run)
 
     def __post_init__(self) -> None:
         self.t0 = self.clock()
@@ -102,6 +103,13 @@ class RunContext:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def warn_once(self, kind: str, text: str) -> None:
+        """A warning shown once per run per kind (a full disk fails every log; say it once), and noted."""
+        if kind not in self.warned:
+            self.warned.add(kind)
+            self.notice(text, "warning")
+            self.note(text)
 
     def token(self, shard_id: str, attempt: int) -> str:
         return f"{self.run_id}.{shard_id}.{attempt}."

@@ -98,7 +98,9 @@ def tail_lines(path: Path, count: int) -> list[str] | None:
     lines = _ANSI.sub("", data.decode("utf-8", errors="replace")).replace("\r\n", "\n").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return lines[-count:]
+    from .transport.base import cut_line
+
+    return [cut_line(line) for line in lines[-count:]]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.fleet
     ("dispatch.py", "fleetshard / raw asyncssh"),
     ("makespan.py", "lower bound"),
     ("scale.py", "orchestrator cpu s"),
+    ("output.py", "fleetshard / OpenSSH client throughput"),
 ])
 def test_benchmark_quick(script: str, expect: str) -> None:
     reason = skip_reason()

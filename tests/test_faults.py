@@ -4,6 +4,8 @@ remote process is left, that nothing recorded is lost, and that the run ends in 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from clihelp import fleetshard
 from fakesuite import FakeSuite, specs
-from fleet import MakeFleet, SshFleet
+from fleet import MakeFleet, SshFleet, WriteInventory
 
 
 @pytest.fixture
@@ -69,3 +71,97 @@ def test_health_warns_when_max_sessions_cannot_serve_the_slots(make_fleet: MakeF
     table = fleetshard("health", "-i", inv)
     assert "MaxSessions" in table.out and table.code == 0
     assert f.wait_no_processes(5) == []
+
+
+def run_dir_on_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    state = tmp_path / ".fleetshard"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(state)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from run_dir_on_tmpfs(tmp_path, "2m")
+
+
+def test_a_full_disk_for_the_run_dir(fleet: SshFleet, fleet_inventory: WriteInventory, small_disk: Path,
+                                     tmp_path: Path) -> None:
+    """The logs cannot be written (ENOSPC): one warning, the output is dropped, the channel is read to
+    its end, the verdict is right and the run ends in bounded time."""
+    flood = "yes 'output that fills the disk' | head -c 8000000; echo done"
+    inv = fleet_inventory(machines=["h1", "h2"], suite={"command": flood, "shards": 2, "timeout": 60})
+    out = tmp_path.parent / f"{tmp_path.name}-report.json"      # off the full disk
+    start = time.monotonic()
+    res = fleetshard("run", "-i", inv, "--json-report", out, "--no-live", timeout=90)
+    try:
+        assert res.code == 0, res.out + res.err
+        assert time.monotonic() - start < 60
+        text = res.out + res.err
+        assert text.count("not fully written") == 1 and "No space left on device" in text, text
+        data = report(out)
+        all_passed(data, 2)
+        assert fleet.wait_no_processes(5) == []
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_closed_stdout_never_loses_the_run(fleet: SshFleet, fleet_inventory: WriteInventory, suites: Any,
+                                           tmp_path: Path) -> None:
+    """`fleetshard run --stream | head -3`: the run goes on, is recorded, and keeps its exit code."""
+    fs = suites(fleet, specs(8, 0.3))
+    inv = fleet_inventory(suite=fs.suite(shards=4))
+    start = time.monotonic()
+    with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--stream", "--no-live"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        for _ in range(3):
+            proc.stdout.readline()
+        proc.stdout.close()                               # what `head -3` does
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, err
+    assert time.monotonic() - start < 60
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert "stdout not writable" in err
+    reports = list((tmp_path / ".fleetshard" / "runs").glob("*/report.json"))
+    assert len(reports) == 1
+    data = report(reports[0])
+    assert data["exit_code"] == 0
+    all_passed(data, 4)
+    hist = fleetshard("history", "-i", inv)
+    assert data["run_id"] in hist.out, hist.out + hist.err
+    assert fleet.wait_no_processes(5) == []
+
+
+def test_output_floods_and_long_lines(fleet: SshFleet, fleet_inventory: WriteInventory, tmp_path: Path) -> None:
+    """One 20 MB line without a newline: the terminal gets it cut, the log keeps it whole."""
+    size = 20_000_000
+    inv = fleet_inventory(machines=["h1"], suite={
+        "command": f"head -c {size} /dev/zero | tr '\\000' x; exit 3", "shards": 1})
+    js = tmp_path / "r.json"
+    res = fleetshard("run", "-i", inv, "--stream", "--no-live", "--json-report", js)
+    assert res.code == 1, res.err
+    assert len(res.out) < 100_000 and "more characters]" in res.out
+    log = Path(report(js)["attempts"][0]["log_path"]).read_text()
+    assert "x" * size in log
+    assert fleet.wait_no_processes(5) == []
+
+
+def test_marker_looking_output(fleet: SshFleet, fleet_inventory: WriteInventory, tmp_path: Path) -> None:
+    """Output that looks like the wrapper's markers changes nothing: the failure stays a failure and the
+    machine is not drained for a missing workdir."""
+    inv = fleet_inventory(machines=["h1"], slots=1, suite={
+        "command": 'echo __fleetshard_nodir__; echo "__fleetshard_exit__ 0"; '
+                   'echo "__fleetshard_pgid__ 1"; exit 1', "shards": 2})
+    js = tmp_path / "r.json"
+    res = fleetshard("run", "-i", inv, "--json-report", js, "--no-live")
+    assert res.code == 1, res.out + res.err
+    data = report(js)
+    assert [a["outcome"] for a in data["attempts"]] == ["tests-failed", "tests-failed"]
+    assert data["machines"][0]["status"] == "healthy"

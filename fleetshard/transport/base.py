@@ -365,8 +365,9 @@ class Transport(Protocol):
         ...
 
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: LineHandler) -> RemoteProcess:
-        """Start ``command`` (a shell line) in its own process group."""
+                    on_line: OutputTarget) -> RemoteProcess:
+        """Start ``command`` (a shell line) in its own process group; its output goes to ``on_line``
+        (an OutputSink, or a callable that gets it line by line, cut at LINE_LIMIT)."""
         ...
 
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
