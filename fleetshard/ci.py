@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .record import RunRecord
+from .results import FAILURES_SHOWN, failed_tests_by_shard
 
 Notify = Callable[..., None]       # notice(text, level): how a warning reaches the user
 
@@ -32,17 +33,27 @@ def summary_markdown(record: RunRecord) -> str:
         lines.append(f"| {m.name} | {m.status} | {len(mine)} | {sum(a.outcome == 'passed' for a in mine)} | "
                      f"{sum(a.outcome == 'tests-failed' for a in mine)} | {busy:.0f} s |")
     failed = [s for s in record.shards if s.state != "passed"]
+    named = failed_tests_by_shard(record)
     if failed:
         lines += ["", "### Failures", ""]
         for s in failed:
+            tests = named.get(s.id, [])
             lines.append(f"- `{s.id}` {s.state}: {s.reason or 'tests failed'}"
-                         f"{' (' + ', '.join(s.files[:5]) + ')' if s.files else ''}")
-    flaky = [f"{t.classname}.{t.name}" for t in record.tests if t.flaky] or [
+                         f"{' (' + ', '.join(s.files[:5]) + ')' if s.files and not tests else ''}")
+            for f in tests[:FAILURES_SHOWN]:
+                lines.append(f"  - `{_md(f.name)}`" + (f": {_md(f.message)}" if f.message else ""))
+            if len(tests) > FAILURES_SHOWN:
+                lines.append(f"  - +{len(tests) - FAILURES_SHOWN} more")
+    flaky = [t.label for t in record.tests if t.flaky] or [
         f"shard {s.id}" for s in record.shards if s.flaky]
     if flaky:
         lines += ["", "### Flaky", ""]
         lines += [f"- `{name}`" for name in flaky]
     return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("`", "'").replace("\n", " ")
 
 
 def _annotation(text: str) -> str:
@@ -53,9 +64,10 @@ def _annotation_property(text: str) -> str:
     return _annotation(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def error_annotation(message: str, *, title: str, file: str | None = None) -> str:
+def error_annotation(message: str, *, title: str, file: str | None = None, line: int | None = None) -> str:
     """A GitHub Actions ``::error`` workflow command."""
-    props = ([f"file={_annotation_property(file)}"] if file else []) + [f"title={_annotation_property(title)}"]
+    props = ([f"file={_annotation_property(file)}"] if file else []) + (
+        [f"line={line}"] if file and line else []) + [f"title={_annotation_property(title)}"]
     return f"::error {','.join(props)}::{_annotation(message)}"
 
 
@@ -71,18 +83,25 @@ def ci_outputs(record: RunRecord, notice: Notify) -> None:
     if os.environ.get("GITHUB_ACTIONS") == "true":
         failed_tests = [t for t in record.tests if t.outcome in ("failed", "error")]
         for t in failed_tests:
-            print(error_annotation(t.message or "failed", file=t.file,
-                                   title=f"{t.classname}.{t.name} failed on {t.machine}"), flush=True)
+            print(error_annotation(t.message or "failed", file=t.file, line=t.line,
+                                   title=f"{t.label} failed on {t.machine}"), flush=True)
+        with_tests = {t.shard_id for t in failed_tests}
         for s in record.shards:
-            if s.state == "not-run" or (s.state == "failed" and not failed_tests):
-                print(error_annotation(s.reason or s.state, title=f"fleetshard: shard {s.id} {s.state}"), flush=True)
+            if s.state == "not-run" or (s.state == "failed" and s.id not in with_tests):
+                files = f" ({', '.join(s.files[:FAILURES_SHOWN])}{' …' if len(s.files) > FAILURES_SHOWN else ''})"
+                print(error_annotation((s.reason or s.state) + (files if s.files else ""),
+                                       title=f"fleetshard: shard {s.id} {s.state}"), flush=True)
 
 
 def notification(record: RunRecord) -> dict[str, Any]:
     c = record.counts()
     verdict = {0: "passed", 1: "failed", 3: "infrastructure failure", 130: "interrupted"}.get(
         record.exit_code, "failed")
-    failures = [{"shard": s.id, "state": s.state, "reason": s.reason, "files": s.files}
+    named = failed_tests_by_shard(record)
+    failures = [{"shard": s.id, "state": s.state, "reason": s.reason, "files": s.files,
+                 "tests": [{"name": f.name, "message": f.message, "file": f.file, "line": f.line}
+                           for f in named.get(s.id, [])[:50]],
+                 "more_tests": max(0, len(named.get(s.id, [])) - 50)}
                 for s in record.shards if s.state != "passed"]
     report = str(Path(record.run_dir) / "report.json")
     return {
@@ -91,7 +110,7 @@ def notification(record: RunRecord) -> dict[str, Any]:
                 f"in {record.duration:.0f} s",
         "run_id": record.run_id, "verdict": verdict, "exit_code": record.exit_code, "counts": c,
         "duration": record.duration, "failures": failures,
-        "flaky": [s.id for s in record.shards if s.flaky] + [t.name for t in record.tests if t.flaky],
+        "flaky": [s.id for s in record.shards if s.flaky] + [t.label for t in record.tests if t.flaky],
         "report": report,
     }
 

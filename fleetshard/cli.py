@@ -245,13 +245,15 @@ def history(
     machines: MachinesOpt = None,
     limit: Annotated[int, typer.Option("-n", "--limit", min=1, help="How many runs.")] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    flaky: Annotated[bool, typer.Option("--flaky", help="The flakiest tests of those runs instead.")] = False,
 ) -> None:
     """Recent runs: id, when, duration, passed / failed / flaky, machines, exit code."""
     from .inventory import load_inventory
     from .report import history_command
 
     def call() -> int:
-        return history_command(load_inventory(inventory), limit=limit, as_json=as_json, selector=machines)
+        return history_command(load_inventory(inventory), limit=limit, as_json=as_json, selector=machines,
+                               flaky=flaky)
 
     _finish(call)
 

@@ -109,10 +109,35 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX file_durations_run ON file_durations(run_id);
     CREATE INDEX file_durations_file ON file_durations(file);
     """,
+    # v2: the runner's own test id and line of each testcase
+    """
+    ALTER TABLE tests ADD COLUMN test_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tests ADD COLUMN line INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _CHILD_TABLES = ("machines_in_run", "attempts", "shards", "tests", "file_durations")
 _MIN_DURATION = 1e-3                  # durations below this say nothing about speed
+
+
+@dataclass(frozen=True)
+class FlakyTest:
+    """One test's flakiness over the recent runs."""
+
+    file: str | None
+    classname: str
+    name: str
+    test_id: str
+    runs: int                         # recent runs it was in
+    flaky: int                        # runs where it failed, then passed on a retry
+    failed: int                       # runs where it ended failed
+    last_flaky: float | None
+
+    @property
+    def label(self) -> str:
+        if self.test_id:
+            return self.test_id
+        return f"{self.classname}::{self.name}" if self.classname else self.name
 
 
 @dataclass(frozen=True)
@@ -342,9 +367,10 @@ class History:
             conn.executemany("INSERT OR REPLACE INTO shards VALUES (?,?,?,?,?,?,?,?,?)",
                              [(record.run_id, s.id, s.index, s.total, json.dumps(s.files), s.expected,
                                s.state, s.reason, int(s.flaky)) for s in record.shards])
-            conn.executemany("INSERT INTO tests VALUES (?,?,?,?,?,?,?,?,?,?)",
+            conn.executemany("INSERT INTO tests (run_id, name, classname, file, time, outcome, machine, "
+                             "shard_id, attempt, flaky, test_id, line) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                              [(record.run_id, t.name, t.classname, t.file, t.time, t.outcome, t.machine,
-                               t.shard_id, t.attempt, int(t.flaky)) for t in record.tests])
+                               t.shard_id, t.attempt, int(t.flaky), t.id, t.line) for t in record.tests])
             conn.executemany("INSERT INTO file_durations VALUES (?,?,?,?,?)", duration_rows)
 
     # --- learning ------------------------------------------------------------------------------------
@@ -455,6 +481,38 @@ class History:
         for machine, overhead in rows:
             samples[machine].append(max(0.0, float(overhead or 0.0)))
         return {m: round(_median(v), 4) for m, v in sorted(samples.items())}
+
+    def flaky_tests(self, limit_runs: int = 20) -> list[FlakyTest]:
+        """The tests that were flaky (failed, then passed on a retry) in the recent runs, flakiest first."""
+        ids = self._recent_run_ids(limit_runs)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        with self._errors():
+            rows = self.conn.execute(
+                f"SELECT t.file, t.classname, t.name, MAX(t.test_id), COUNT(DISTINCT t.run_id), SUM(t.flaky), "
+                f"SUM(t.outcome IN ('failed', 'error')), MAX(CASE WHEN t.flaky THEN r.started END) "
+                f"FROM tests t JOIN runs r ON r.id = t.run_id WHERE t.run_id IN ({marks}) "
+                f"GROUP BY t.file, t.classname, t.name HAVING SUM(t.flaky) > 0 "
+                f"ORDER BY SUM(t.flaky) DESC, SUM(t.outcome IN ('failed', 'error')) DESC, t.name", ids).fetchall()
+        return [FlakyTest(file=file, classname=classname or "", name=name, test_id=test_id or "", runs=int(runs),
+                          flaky=int(flaky), failed=int(failed or 0), last_flaky=float(last) if last else None)
+                for file, classname, name, test_id, runs, flaky, failed, last in rows]
+
+    def test_durations(self, limit_runs: int = 10) -> dict[str, float]:
+        """Median seconds per test id (runner suites) over the recent runs, from passed testcases."""
+        ids = self._recent_run_ids(limit_runs)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._errors():
+            rows = self.conn.execute(
+                f"SELECT test_id, time FROM tests WHERE run_id IN ({marks}) AND test_id != '' "
+                f"AND outcome = 'passed' AND time IS NOT NULL", ids).fetchall()
+        samples: dict[str, list[float]] = defaultdict(list)
+        for test_id, seconds in rows:
+            samples[str(test_id)].append(float(seconds))
+        return {t: _median(v) for t, v in samples.items()}
 
     # --- reading -------------------------------------------------------------------------------------
 

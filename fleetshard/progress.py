@@ -50,9 +50,10 @@ from .model import (
     EXIT_USAGE,
     Outcome,
     Shard,
+    TestFailure,
 )
 from .record import AttemptRecord, RunRecord, ShardRecord
-from .results import attempts_by_shard, deciding_attempt
+from .results import FAILURES_SHOWN, attempts_by_shard, deciding_attempt, failed_tests_by_shard
 
 __all__ = [
     "LiveRenderer",
@@ -520,6 +521,15 @@ class LiveRenderer:
         print_summary(self.console, record, quiet=self.quiet)
 
 
+def _failure_lines(failures: Sequence[TestFailure], limit: int = FAILURES_SHOWN) -> list[str]:
+    """One line per failing test (its id and the first line of its message), then "+N more"."""
+    lines = [f"{clean_line(f.name)}: {clean_line(f.message)}" if f.message else clean_line(f.name)
+             for f in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"+{len(failures) - limit} more")
+    return lines
+
+
 def _failure_announcement(event: ShardFinished) -> Text:
     style = _OUTCOME_STYLES.get(event.outcome, "bold red")
     text = Text()
@@ -533,6 +543,9 @@ def _failure_announcement(event: ShardFinished) -> Text:
     text.append(_attempt_note(event.attempt, event.speculative))
     if event.reason:
         text.append(f": {event.reason}")
+    for line in _failure_lines(event.failures):
+        text.append("\n  ✗ ", style=style)
+        text.append(line)
     for line in event.tail[-TAIL_LINES:]:
         text.append("\n  │ ", style="dim")
         text.append_text(Text.from_ansi(line.rstrip("\r\n")))
@@ -670,6 +683,7 @@ class PlainRenderer:
         if event.reason:
             head += f": {event.reason}"
         lines = [f"{self._stamp()} {head}"]
+        lines += [f"    x {line}" for line in _failure_lines(event.failures)]
         lines += [f"    | {clean_line(line)}" for line in event.tail[-TAIL_LINES:]]
         if event.log_path:
             lines.append(f"    log: {event.log_path}")
@@ -824,6 +838,7 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
             timing += f" (lower bound {format_duration(record.lower_bound)})"
         out.append(Text(timing))
     by_shard = attempts_by_shard(record)
+    named_tests = failed_tests_by_shard(record)
     failed = [s for s in record.shards if s.state == "failed"]
     if failed:
         out.append(Text(f"failures ({len(failed)}):", style="bold red"))
@@ -840,6 +855,8 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
             if attempt is not None and attempt.log_path:
                 line.append(f"  log: {attempt.log_path}", style="dim")
             out.append(line)
+            for named in _failure_lines(named_tests.get(shard.id, [])):
+                out.append(Text(f"    ✗ {named}"))
     not_run = [s for s in record.shards if s.state == "not-run"]
     if not_run:
         out.append(Text(f"not run ({len(not_run)}):", style="bold magenta"))

@@ -60,7 +60,16 @@ class TestRecord:
     attempt: int
     machine: str
     flaky: bool = False
-    message: str = ""
+    message: str = ""                 # the first line of the runner's message
+    id: str = ""                      # the runner's own id (pytest node id, Playwright title path)
+    line: int | None = None           # 1-based, where the runner tells it
+
+    @property
+    def label(self) -> str:
+        """How the test is named in reports: the runner's id, else classname::name."""
+        if self.id:
+            return self.id
+        return f"{self.classname}::{self.name}" if self.classname else self.name
 
 
 @dataclass
@@ -93,6 +102,7 @@ class RunRecord:
     run_dir: str = ""
     commit: str | None = None
     notes: list[str] = field(default_factory=list)   # e.g. "shard s003 produced no JUnit XML"
+    runner: str = "command"           # suite.runner: pytest | playwright | jest | command
 
     @property
     def duration(self) -> float:

@@ -79,7 +79,7 @@ class Recorder:
             exit_code=code, machines=machine_records, shards=shard_records,
             attempts=sorted(self.attempts, key=lambda a: (a.started, a.shard_id)),
             expected_makespan=expected, lower_bound=lower, run_dir=str(ctx.run_dir), commit=ctx.commit,
-            notes=list(ctx.notes))
+            notes=list(ctx.notes), runner=ctx.suite.runner)
 
 
 def write_results(ctx: RunContext, record: RunRecord, history: Any) -> None:
@@ -89,7 +89,7 @@ def write_results(ctx: RunContext, record: RunRecord, history: Any) -> None:
     from .report import write_html
 
     try:
-        notes = results.tests_from_record(record)
+        notes = results.tests_from_record(record, ctx.suite.adapter, ctx.listing)
         if ctx.suite.uses_junit:   # else "no JUnit" is expected, not news
             record.notes.extend(n for n in notes if n not in record.notes)
     except Exception as exc:  # a broken JUnit file is a note, never a lost run

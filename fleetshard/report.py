@@ -34,6 +34,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
 # --- shared helpers ----------------------------------------------------------------------------------
 
+FAILURES_LISTED = 20
+"""Failing tests named per shard in `fleetshard report` and the HTML report, before "+N more"."""
+
+
 def history_path(inv: Inventory) -> Path:
     """The history database of an inventory: ``history:`` (relative to the inventory) or the default."""
     if inv.history:
@@ -160,15 +164,53 @@ def _console() -> Console:
     return make_console()
 
 
+def flaky_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,
+                  console: Console | None = None) -> int:
+    """`fleetshard history --flaky`: the flakiest tests over the last ``limit`` runs."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .history import History, display_path
+
+    console = console or _console()
+    path = history_path(inv)
+    rows = []
+    if path.exists():
+        with History(path) as history:
+            rows = history.flaky_tests(limit)
+    if as_json:
+        console.out(json.dumps([{"test": r.label, "file": r.file, "classname": r.classname, "name": r.name,
+                                 "runs": r.runs, "flaky": r.flaky, "failed": r.failed,
+                                 "last_flaky": datetime.fromtimestamp(r.last_flaky).astimezone().isoformat()
+                                 if r.last_flaky else None} for r in rows], indent=2), highlight=False)
+        return 0
+    if not rows:
+        console.print(f"No flaky test in the last {limit} runs (history: {display_path(path)}).",
+                      markup=False, soft_wrap=True)
+        return 0
+    table = Table(title=f"Flakiest tests, last {limit} runs ({display_path(path)})", title_justify="left")
+    for column, justify in (("test", "left"), ("flaky", "right"), ("failed", "right"), ("runs", "right"),
+                            ("last flaky", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(escape(r.label), f"[yellow]{r.flaky}[/]", _num(r.failed, "red"), str(r.runs),
+                      fmt_time(r.last_flaky, date=True)[:16] if r.last_flaky else "–")
+    console.print(table)
+    return 0
+
+
 def history_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,
-                    console: Console | None = None, selector: str | None = None) -> int:
+                    console: Console | None = None, selector: str | None = None, flaky: bool = False) -> int:
     """Print the recent runs of this inventory's history database. No runs is not an error.
-    With ``selector`` (-m), only the runs that used one of those machines."""
+    With ``selector`` (-m), only the runs that used one of those machines; with ``flaky``, the flakiest
+    tests of the recent runs instead."""
     from rich.table import Table
 
     from .history import History, display_path
     from .inventory import select_machines
 
+    if flaky:
+        return flaky_command(inv, limit=limit, as_json=as_json, console=console)
     console = console or _console()
     path = history_path(inv)
     wanted = {m.name for m in select_machines(inv, selector)} if selector else None
@@ -270,8 +312,15 @@ def print_summary(record: RunRecord, console: Console, *,
         where = f" on {attempt.machine}, attempt {attempt.attempt}" if attempt else ""
         console.print(f"[red bold]FAILED[/] {escape(shard.id)}{escape(where)}: "
                       f"{escape(shard.reason or (attempt.outcome if attempt else ''))}")
-        for test in (t for t in failed_tests if t.shard_id == shard.id):
-            console.print(f"  ✗ {escape(test.classname)}::{escape(test.name)}  {escape(test.message[:200])}")
+        mine = [t for t in failed_tests if t.shard_id == shard.id]
+        for test in mine[:FAILURES_LISTED]:
+            console.print(f"  ✗ {escape(test.label)}  {escape(test.message[:200])}")
+        if len(mine) > FAILURES_LISTED:
+            console.print(f"  +{len(mine) - FAILURES_LISTED} more")
+        if not mine and shard.files:
+            extra = len(shard.files) - FAILURES_LISTED
+            console.print(f"  files: {escape(', '.join(shard.files[:FAILURES_LISTED]))}"
+                          + (f" (+{extra} more)" if extra > 0 else ""))
         if attempt and attempt.log_path:
             console.print(f"  log: {attempt.log_path}", markup=False)
             lines = tail_lines(_local_path(attempt.log_path, record), TERMINAL_TAIL_LINES)
@@ -284,7 +333,7 @@ def print_summary(record: RunRecord, console: Console, *,
     if flaky:
         console.print("[yellow bold]Flaky tests[/] (failed, then passed on a retry):")
         for test in flaky:
-            console.print(f"  ~ {escape(test.classname)}::{escape(test.name)}  "
+            console.print(f"  ~ {escape(test.label)}  "
                           f"({escape(test.shard_id)} on {escape(test.machine)})")
     not_run = [s for s in record.shards if s.state == "not-run"]
     if not_run:
@@ -513,9 +562,10 @@ def _sections(record: RunRecord, base: Path) -> Iterable[str]:
                 yield f'<p class="muted">files: {_e(", ".join(shard.files))}</p>'
             tests = [t for t in failed_tests if t.shard_id == shard.id]
             if tests:
+                more = len(tests) - FAILURES_LISTED
                 yield "<ul>" + "".join(
-                    f"<li><code>{_e(t.classname)}::{_e(t.name)}</code> {_e(t.message)}</li>" for t in tests
-                ) + "</ul>"
+                    f"<li><code>{_e(t.label)}</code> {_e(t.message)}</li>" for t in tests[:FAILURES_LISTED]
+                ) + (f"<li>+{more} more</li>" if more > 0 else "") + "</ul>"
             if attempt is not None:
                 yield _log_block(record, attempt, base)
             yield "</div>"
@@ -537,7 +587,7 @@ def _sections(record: RunRecord, base: Path) -> Iterable[str]:
                "</p><table><thead><tr><th>test</th><th>file</th><th>shard</th><th>passed on</th></tr>"
                "</thead><tbody>")
         for t in flaky:
-            yield (f"<tr><td><code>{_e(t.classname)}::{_e(t.name)}</code></td><td>{_e(t.file or '')}</td>"
+            yield (f"<tr><td><code>{_e(t.label)}</code></td><td>{_e(t.file or '')}</td>"
                    f"<td>{_e(t.shard_id)}</td><td>{_e(t.machine)}, attempt {t.attempt}</td></tr>")
         yield "</tbody></table></section>"
     not_run = [s for s in record.shards if s.state == "not-run"]

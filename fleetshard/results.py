@@ -23,7 +23,7 @@ from typing import Any
 from . import __version__
 from .model import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, Outcome, TestFailure
 from .record import AttemptRecord, RunRecord, ShardRecord, TestRecord
-from .runners import Adapter, CollectionProblem, FailedCase, Listing
+from .runners import Adapter, CollectionProblem, FailedCase, Listing, adapter_for
 
 FAILING = frozenset({"failed", "error"})
 
@@ -297,7 +297,8 @@ def _collect(record: RunRecord, notes: list[str]) -> list[_ShardResult]:
     return results
 
 
-def tests_from_record(record: RunRecord) -> list[str]:
+def tests_from_record(record: RunRecord, adapter: Adapter | None = None, listing: Listing | None = None
+                      ) -> list[str]:
     """Fill ``record.tests`` from the deciding attempts' JUnit files, flaky tests marked.
 
     Returns notes about JUnit files that were missing or unusable (the same wording as
@@ -305,17 +306,23 @@ def tests_from_record(record: RunRecord) -> list[str]:
     """
     notes: list[str] = []
     tests: list[TestRecord] = []
+    adapter = adapter or adapter_for(record.runner)
     for result in _collect(record, notes):
         deciding = result.deciding
         if deciding is None:
             continue
         for c in result.cases:
             case = c.parsed
+            fc = FailedCase(case.classname, case.name, case.file, case.message)
+            test_id = adapter.test_id_of(fc, listing) if adapter.lists_tests or case.file else None
+            message = adapter.first_line(case.message, case.text) if case.outcome in FAILING else case.message
+            file = match_file(case.file or adapter.file_of(case.classname, case.name, listing), case.classname,
+                              result.shard.files)
             tests.append(TestRecord(
-                name=case.name, classname=case.classname,
-                file=match_file(case.file, case.classname, result.shard.files), time=case.time,
+                name=case.name, classname=case.classname, file=file, time=case.time,
                 outcome=case.outcome, shard_id=result.shard.id, attempt=c.attempt.attempt,
-                machine=c.attempt.machine, flaky=case.key in result.flaky_from, message=case.message))
+                machine=c.attempt.machine, flaky=case.key in result.flaky_from, message=message,
+                id=test_id or "", line=adapter.junit_line(case.line) if case.line is not None else None))
     record.tests = tests
     return notes
 
@@ -473,7 +480,7 @@ def merge_junit(record: RunRecord, out: Path) -> MergeStats:
 
 def flaky_tests(record: RunRecord) -> list[dict[str, Any]]:
     return [{"name": t.name, "classname": t.classname, "file": t.file, "shard_id": t.shard_id,
-             "machine": t.machine, "attempt": t.attempt} for t in record.tests if t.flaky]
+             "machine": t.machine, "attempt": t.attempt, "id": t.label} for t in record.tests if t.flaky]
 
 
 def dumps(data: Any, *, indent: int | None = None) -> str:
@@ -622,7 +629,24 @@ def add_collection_errors(junit: str | None, problems: Sequence[CollectionProble
     return str(out)
 
 
-def name_failures(failures: Sequence[TestFailure], limit: int = 5) -> str:
+FAILURES_SHOWN = 5
+"""How many failing tests an announcement or a summary names before "+N more"."""
+
+
+def failed_tests_by_shard(record: RunRecord) -> dict[str, list[TestFailure]]:
+    """The failing tests of each failed shard (from the merged JUnit); the shard's files without JUnit."""
+    out: dict[str, list[TestFailure]] = {}
+    for t in record.tests:
+        if t.outcome in FAILING:
+            out.setdefault(t.shard_id, []).append(
+                TestFailure(name=t.label, message=t.message, file=t.file, line=t.line))
+    for s in record.shards:
+        if s.state == "failed" and s.id not in out:
+            out[s.id] = [TestFailure(name=f, file=f) for f in s.files]
+    return out
+
+
+def name_failures(failures: Sequence[TestFailure], limit: int = FAILURES_SHOWN) -> str:
     """``tests/a.py::test_x (assert 1 == 2); tests/b.py::test_y (+3 more)``: for one-line reports."""
     shown = [f"{f.name} ({f.message})" if f.message else f.name for f in failures[:limit]]
     more = len(failures) - limit

@@ -50,16 +50,16 @@ def db(tmp_path: Path) -> Path:
 
 def test_creates_schema_with_version(db: Path) -> None:
     with History(db) as history:
-        assert history.schema_version() == SCHEMA_VERSION == 1
+        assert history.schema_version() == SCHEMA_VERSION == 2
         mode = history.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
         tables = {r[0] for r in history.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"runs", "machines_in_run", "attempts", "shards", "tests", "file_durations"} <= tables
     # reopening does not migrate again
     with History(db) as history:
-        assert history.schema_version() == 1
+        assert history.schema_version() == 2
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
 
 

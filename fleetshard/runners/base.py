@@ -8,6 +8,7 @@ that only the failed ones are rerun.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,15 @@ class Listing:
         for p in (*self.skipped, *self.errors):
             seen.setdefault(p.file, None)
         return list(seen)
+
+    @functools.cached_property
+    def by_junit_key(self) -> dict[tuple[str, str], list[TestId]]:
+        """Tests by the (classname, name) the runner's JUnit gives them."""
+        out: dict[tuple[str, str], list[TestId]] = {}
+        for t in self.tests:
+            if t.junit_key is not None:
+                out.setdefault(t.junit_key, []).append(t)
+        return out
 
     def by_file(self) -> dict[str, list[TestId]]:
         out: dict[str, list[TestId]] = {f: [] for f in self.files}

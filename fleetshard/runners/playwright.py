@@ -93,23 +93,25 @@ class PlaywrightAdapter(Adapter):
     def rerun_ids(self, failed: Sequence[FailedCase], listing: Listing | None) -> list[str] | None:
         if listing is None:
             return None
-        by_key: dict[tuple[str, str], list[str]] = {}
-        for t in listing.tests:
-            if t.junit_key is not None:
-                by_key.setdefault(t.junit_key, []).append(t.id)
         ids: list[str] = []
         for case in failed:
-            found = by_key.get((case.classname, case.name))
+            found = listing.by_junit_key.get((case.classname, case.name))
             if not found:
                 return None
-            ids.extend(found)
+            ids.extend(t.id for t in found)
         return list(dict.fromkeys(ids))
+
+    def test_id_of(self, case: FailedCase, listing: Listing | None) -> str | None:
+        if listing is None:
+            return None
+        found = listing.by_junit_key.get((case.classname, case.name))
+        return found[0].name if found else None
 
     def file_of(self, classname: str, name: str, listing: Listing | None) -> str | None:
         if listing is not None:
-            for t in listing.tests:
-                if t.junit_key == (classname, name):
-                    return t.file
+            found = listing.by_junit_key.get((classname, name))
+            if found:
+                return found[0].file
             for f in listing.files:
                 if f == classname or f.endswith("/" + classname):
                     return f

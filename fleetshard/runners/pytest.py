@@ -124,13 +124,15 @@ class PytestAdapter(Adapter):
 
     def test_id_of(self, case: FailedCase, listing: Listing | None) -> str | None:
         if listing is not None:
-            for t in listing.tests:
-                if t.junit_key == (case.classname, case.name):
-                    return t.id
+            found = listing.by_junit_key.get((case.classname, case.name))
+            if found:
+                return found[0].id
         return self._node_from_case(case, listing)
 
     def _node_from_case(self, case: FailedCase, listing: Listing | None) -> str | None:
         file = case.file or self.file_of(case.classname, case.name, listing)
+        if not file and not case.classname and all(p.isidentifier() for p in case.name.split(".")):
+            file = case.name.replace(".", "/") + ".py"      # a module's collection error or skip
         if not file:
             return None
         if not case.classname:
@@ -142,10 +144,12 @@ class PytestAdapter(Adapter):
 
     def file_of(self, classname: str, name: str, listing: Listing | None) -> str | None:
         if listing is None:
+            if not classname and name and all(p.isidentifier() for p in name.split(".")):
+                return name.replace(".", "/") + ".py"
             return None
-        for t in listing.tests:
-            if t.junit_key == (classname, name):
-                return t.file
+        found = listing.by_junit_key.get((classname, name))
+        if found:
+            return found[0].file
         dotted = classname or name
         best: str | None = None
         for f in listing.files:
@@ -153,6 +157,13 @@ class PytestAdapter(Adapter):
             if (dotted == mod or dotted.startswith(mod + ".")) and (best is None or len(f) > len(best)):
                 best = f
         return best
+
+    def first_line(self, message: str, text: str) -> str:
+        if message.strip() in ("", "collection failure"):
+            for line in text.splitlines():                # the error itself: "E   ImportError: ..."
+                if line.startswith("E "):
+                    return line[1:].strip()
+        return super().first_line(message, text)
 
     def junit_line(self, line: int) -> int:
         return line + 1               # xunit1 writes the test function's 0-based line
