@@ -341,6 +341,11 @@ class Coordinator:
         marker = [f"FLEETSHARD_RUN_ID={ctx.run_id}"]
 
         async def sweep(h: MachineHandle) -> None:
+            if h.services and h.status != "lost":
+                try:
+                    await asyncio.wait_for(h.stop_services(), ctx.kill_grace + h.machine.connect_timeout + 10)
+                except (ConnectError, OSError, TimeoutError):
+                    pass                  # the sweep below (and the channel's end) still takes them down
             # A lost machine is tried too (once, within its connect timeout): if its link came back,
             # whatever the run left there dies now.
             try:

@@ -521,6 +521,15 @@ def _exit_codes(ctx: _Ctx, node: Node, field: str) -> tuple[int, ...]:
     return tuple(codes)
 
 
+def _valid_url(value: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in value)
+
+
 def _url(ctx: _Ctx, node: Node, field: str) -> str:
     value = _str(ctx, node, field)
     try:
@@ -561,7 +570,10 @@ def _services(ctx: _Ctx, node: Node, field: str) -> tuple[ServiceConfig, ...]:
             raise ctx.error("missing: command", _line(item), _join(sub, "command"))
         ready = values.get("ready")
         if isinstance(ready, str) and ready.startswith(("http://", "https://")):
-            _url(ctx, entries["ready"].value, _join(sub, "ready"))
+            # $PORT / ${PORT} (the machine's env) and {machine} are filled in per machine: check the rest
+            probe = re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "1", ready).replace("{machine}", "m")
+            if not _valid_url(probe):
+                raise _bad(ctx, entries["ready"].value, _join(sub, "ready"), "an http:// or https:// URL")
         services.append(ServiceConfig(line=_line(item), **values))
     return tuple(services)
 

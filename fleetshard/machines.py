@@ -16,6 +16,7 @@ from .events import MachineStatus, ProbeResult
 from .inventory import Machine
 from .model import Shard
 from .probes import HealthReport, probe
+from .services import RunningService, ServiceError, start_service, stop_service, wait_ready
 from .transport import Transport
 
 
@@ -45,6 +46,7 @@ class MachineHandle:
     lost_check: asyncio.Future[bool] | None = field(default=None, repr=False)
     probing: bool = False
     workdir: str = field(init=False, default="~")
+    services: list[RunningService] = field(default_factory=list, repr=False)   # started after setup
 
     def __post_init__(self) -> None:
         self.workdir = effective_workdir(self.machine, self.ctx.inv.base_dir)
@@ -85,6 +87,8 @@ class MachineHandle:
         try:
             await self.transport.connect()
             problem = await prepare(self)
+            if problem is None and self.ctx.suite.config.services:
+                problem = await self.start_services()
         except ConnectError as exc:
             problem = str(exc).removeprefix(f"{self.name}: ")
         except Exception as exc:  # whatever it is, the machine cannot take shards
@@ -99,6 +103,29 @@ class MachineHandle:
     def short_problem(problem: str) -> str:
         """The first clause of a preparation problem (``setup failed on box (exit code 128)``)."""
         return problem.split(": ", 1)[0]
+
+    async def start_services(self) -> str | None:
+        """Start ``suite.services`` in order, each ready before the next; why not, or None."""
+        env = self.env()
+        for config in self.ctx.suite.config.services:
+            try:
+                running = await start_service(self.transport, config, machine=self.name, cwd=self.workdir,
+                                              env=env)
+            except ConnectError as exc:
+                return f"{self.name}: service {config.command!r} not started: {exc}"
+            self.services.append(running)
+            try:
+                await wait_ready(self.transport, running, cwd=self.workdir, env=env)
+            except ServiceError as exc:
+                return f"{self.name}: {exc}"
+            self.ctx.notice(f"service ready: {config.command}", machine=self.name)
+        return None
+
+    async def stop_services(self) -> None:
+        """TERM each service's group (last started first), KILL it after the grace period."""
+        grace = 0.0 if self.ctx.hurry else self.ctx.kill_grace
+        while self.services:
+            await stop_service(self.services.pop(), grace)
 
     async def check_lost(self, why: str) -> None:
         """After a dropped channel: is the machine still there? If not, it takes no more work.

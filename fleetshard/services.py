@@ -10,12 +10,14 @@ At the end of the run (also after Ctrl-C and failures) each service's group gets
 grace period; the end-of-run sweep catches anything that left the group (it carries the run's id).
 
 ``{machine}`` in a service's command (and ``ready``) is the machine's name; the machine's ``env`` is
-exported, so machines that share a host can each use their own port.
+exported (and ``$NAME`` in a ready URL is filled from it), so machines that share a host can each use
+their own port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 import time
 from collections import deque
@@ -32,12 +34,17 @@ CHECK_TIMEOUT = 5.0          # one readiness check may take at most this long
 OUTPUT_LINES = 20            # the last lines of a service's output kept for the failure reason
 
 
-def ready_command(ready: str, machine: str) -> str:
-    """The shell line that checks ``ready`` once on the machine: the command itself, or a fetch of a URL."""
+_ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def ready_command(ready: str, machine: str, env: Mapping[str, str] | None = None) -> str:
+    """The shell line that checks ``ready`` once on the machine: the command itself, or a fetch of a URL
+    (``$NAME`` / ``${NAME}`` in a URL are the machine's env, filled in here; the URL is passed quoted)."""
     filled = render(ready, {"machine": machine})
     if not ready.startswith(("http://", "https://")):
         return filled
-    url = shlex.quote(filled)
+    values = dict(env or {})
+    url = shlex.quote(_ENV_REF.sub(lambda m: values.get(m.group(1) or m.group(2), m.group(0)), filled))
     py = shlex.quote("import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)")
     return (f"if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null --max-time 2 {url}; "
             f"elif command -v wget >/dev/null 2>&1; then wget -q -O /dev/null -T 2 {url}; "
@@ -90,7 +97,7 @@ async def wait_ready(transport: Transport, running: RunningService, *, cwd: str 
         if running.exited:
             raise ServiceError(f"{running.describe()} exited at once{_status(running)}{running.tail()}")
         return
-    check = ready_command(config.ready, running.machine)
+    check = ready_command(config.ready, running.machine, env)
     deadline = time.monotonic() + config.timeout
     pause = POLL_INTERVAL
     last = ""

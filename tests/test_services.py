@@ -117,3 +117,8 @@ def test_services_in_the_inventory(tmp_path: Path) -> None:
                    "    - {command: x, ready: 'http://'}\n")
     with pytest.raises(ConfigError, match=r"machines.yaml:6: suite.services\[0\].ready: expected an http"):
         load_inventory(inv)
+
+
+def test_ready_url_takes_the_machines_env() -> None:
+    cmd = ready_command("http://127.0.0.1:${PORT}/$NOPE", "h1", {"PORT": "8123"})
+    assert "'http://127.0.0.1:8123/$NOPE'" in cmd
