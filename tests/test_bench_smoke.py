@@ -23,6 +23,7 @@ pytestmark = pytest.mark.fleet
     ("makespan.py", "lower bound"),
     ("scale.py", "orchestrator cpu s"),
     ("output.py", "fleetshard / OpenSSH client throughput"),
+    ("dashboard.py", "a page that stopped reading"),
 ])
 def test_benchmark_quick(script: str, expect: str) -> None:
     reason = skip_reason()
