@@ -226,6 +226,9 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
             shards = [Shard(id=f"s{i:03d}", index=i, total=total or len(resume.shard_indices))
                       for i in resume.shard_indices]
             return shards, f"resuming {len(shards)} shards of run {opts.resume}", "uniform"
+        if suite.adapter.lists_tests and suite.listing_command:
+            # the runner splits the suite itself; its listing still maps failures back to test ids
+            ctx.listing = discover(suite, ctx.inv.base_dir).listing
         work = _native_work(history, suite.command) if count is None else None
         shards = planning.native_shards(count, slots, strategy, work=work)  # type: ignore[arg-type]
         why = planning.native_why(len(shards), slots, strategy, explicit=count is not None,  # type: ignore[arg-type]

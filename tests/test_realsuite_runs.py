@@ -180,3 +180,42 @@ def test_todomvc_selection_and_merged_junit_over_the_fleet(fleet: SshFleet, flee
     res = fleetshard("run", "-i", inv, "--no-live", "--junit", merged, timeout=300)
     assert res.code == 0, res.out + res.err
     assert outcomes(merged) == local             # exactly the 3 selected tests, not the spec's 24
+
+
+FLAKY_SPEC = """\
+import { test, expect } from '@playwright/test';
+import * as fs from 'fs';
+import * as path from 'path';
+
+test('flaky once', async () => {
+  let first = false;
+  try { fs.writeFileSync(path.join(__dirname, '.flaky-once'), 'x', { flag: 'wx' }); first = true; } catch {}
+  expect(first, 'fails the first time only').toBe(false);
+});
+"""
+
+
+def test_todomvc_native_shards_rerun_only_the_flaky_test(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                          workspace: Path) -> None:
+    suite = copy_suite(require(playwright_suite), workspace / "pw")
+    spec = suite.root / "tests" / "zz-flaky.spec.ts"
+    spec.write_text(FLAKY_SPEC)
+    spec.chmod(0o666)
+    grep = "--grep 'New Todo|flaky once'"
+    keys = {"runner": "playwright", "shards": 2, "timeout": 300,
+            "command": f"PLAYWRIGHT_JUNIT_OUTPUT_FILE={{junit}} {suite.command} {grep} --reporter=junit "
+                       f"--shard={{shard}}/{{total}}"}
+    inv = shared_inventory(fleet_inventory, fleet, suite, keys)
+    merged, report = workspace / "merged.xml", workspace / "report.json"
+    res = fleetshard("run", "-i", inv, "--no-live", "--retry-failed-tests", "1", "--junit", merged,
+                     "--json-report", report, timeout=300)
+    assert res.code == 0, res.out + res.err
+    got = outcomes(merged)
+    assert len(got) == 4 and set(got.values()) == {"passed"}
+    data = json.loads(report.read_text())
+    assert [t["name"] for t in data["flaky_tests"]] == ["flaky once"]
+    retries = [a for a in data["attempts"] if a["attempt"] > 1]
+    assert len(retries) == 1 and "--test-list" in retries[0]["command"]
+    assert "--shard=" not in retries[0]["command"]
+    rerun = outcomes(Path(retries[0]["junit_path"]))
+    assert list(rerun) == [("zz-flaky.spec.ts", "flaky once")]      # the passing tests did not run again

@@ -139,10 +139,11 @@ def test_native_rerun_drops_the_shard_words() -> None:
     from fleetshard.runners import adapter_for
     from fleetshard.suite import shard_invocation
 
-    command = "npx playwright test --shard={shard}/{total} --reporter=junit"
+    command = "PLAYWRIGHT_JUNIT_OUTPUT_FILE={junit} npx playwright test --shard={shard}/{total} --reporter=junit"
     suite = Suite(config=SuiteConfig(command=command, runner="playwright"), command=command, mode="native",
                   source="x", adapter=adapter_for("playwright"))
     inv = shard_invocation(suite, shard=Shard(id="s002", index=2, total=3), machine="m", run_id="r", attempt=2,
                            junit="j.xml", only=["[chromium] › a.spec.ts:3:5 › t"])
-    assert inv.command == "npx playwright test --reporter=junit --test-list .fleetshard/r/tests-s002-2.txt"
+    assert inv.command == ("PLAYWRIGHT_JUNIT_OUTPUT_FILE=j.xml npx playwright test --reporter=junit "
+                           "--test-list .fleetshard/r/tests-s002-2.txt")
     assert inv.files == {".fleetshard/r/tests-s002-2.txt": "[chromium] › a.spec.ts:3:5 › t\n"}

@@ -168,7 +168,8 @@ class Adapter:
         return ""
 
 
-def strip_placeholder_words(command: str, names: Sequence[str] = ("tests", "files", "junit")) -> str:
+def strip_placeholder_words(command: str,
+                            names: Sequence[str] = ("tests", "files", "junit", "shard", "total")) -> str:
     """``command`` without the shell words that hold one of the given placeholders.
 
     ``venv/bin/python -m pytest -m smoke {tests} --junitxml={junit}`` becomes
@@ -184,7 +185,15 @@ def strip_placeholder_words(command: str, names: Sequence[str] = ("tests", "file
 
 
 def _requote(word: str) -> str:
-    return word if _WORD_PLACEHOLDER.fullmatch(word) else shlex.quote(word)
+    """Quote a word again, its placeholders left live (``VAR={junit}`` stays an assignment)."""
+    pieces = _WORD_PLACEHOLDER.split(word)
+    out = []
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            out.append("{" + piece + "}")
+        elif piece:
+            out.append(shlex.quote(piece))
+    return "".join(out) or "''"
 
 
 def dotted_module(path: str) -> str:
