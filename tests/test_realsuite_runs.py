@@ -153,6 +153,18 @@ def test_networkx_broken_file_fails_the_run_and_only_the_flaky_test_is_rerun(
     assert [t["name"] for t in data["flaky_tests"]] == ["test_flaky_once"]
     assert "networkx/algorithms/tree/tests/test_broken_import.py" in res.out + res.err
 
+    # named by test in the plain CI lines and the summary; flaky in the terminal, HTML and history
+    assert ("x networkx/algorithms/tree/tests/test_broken_import.py: ImportError: cannot import name "
+            "'no_such_module'") in res.out
+    assert "networkx/algorithms/tree/tests/test_zz_flaky.py::test_flaky_once" in res.out
+    html = workspace / "report.html"
+    shown = fleetshard("report", "-i", inv, "--html", html)
+    assert shown.code == 0, shown.out + shown.err
+    assert "test_broken_import.py" in shown.out and "test_flaky_once" in shown.out
+    assert "networkx/algorithms/tree/tests/test_zz_flaky.py::test_flaky_once" in html.read_text()
+    flaky = fleetshard("history", "-i", inv, "--flaky")
+    assert flaky.code == 0 and "test_zz_flaky.py::test_flaky_once" in flaky.out, flaky.out + flaky.err
+
     runs = Counter((suite.root / ".executions.log").read_text().split())
     assert runs["networkx/algorithms/tree/tests/test_zz_flaky.py::test_flaky_once"] == 2
     twice = {node for node, n in runs.items() if n > 1 and "test_zz_flaky" not in node}
