@@ -54,8 +54,13 @@ def _fail(error: FleetshardError) -> NoReturn:
 
 def _finish(call: Callable[[], int]) -> NoReturn:
     """Run a command and exit with its code; the one place errors become messages and exit codes."""
+    from .errors import NothingToResume
+
     try:
         code = call()
+    except NothingToResume as exc:              # not an error: said on stdout, exit 0
+        typer.echo(f"fleetshard: {exc}")
+        raise typer.Exit(0) from None
     except FleetshardError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -76,6 +81,27 @@ def _load(inventory: Path | None, selector: str | None = None, *, warn: bool = T
             for text in machine.warnings:
                 typer.echo(f"fleetshard: warning: {machine.name}: {text}", err=True)
     return inv
+
+
+def _history_inventory(inventory: Path | None) -> Inventory:
+    """The inventory whose history to read. Without -i, $FLEETSHARD_INVENTORY or ./machines.yaml, but with
+    a ./.fleetshard/history.db (a run made with -i other.yaml), that history is read all the same."""
+    import os
+
+    from .inventory import (
+        DEFAULT_INVENTORY,
+        INVENTORY_ENV,
+        HealthThresholds,
+        Inventory,
+        RetryPolicyConfig,
+        load_inventory,
+    )
+
+    if (inventory is None and not os.environ.get(INVENTORY_ENV) and not Path(DEFAULT_INVENTORY).exists()
+            and (Path(".fleetshard") / "history.db").is_file()):
+        return Inventory(path=Path(DEFAULT_INVENTORY), machines=(), health=HealthThresholds(),
+                         retry=RetryPolicyConfig(), suite=None)
+    return load_inventory(inventory)
 
 
 def _internal(exc: Exception) -> NoReturn:
@@ -222,6 +248,8 @@ def plan(
         "--what-if", metavar="CHANGES",
         help="Simulate the last recorded run on changed machines instead: without:NAME, like:NAME=NEW, "
              "slots:NAME=N, speed:NAME=X (comma-separated or repeated). Probes nothing.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The plan as JSON on stdout (messages on stderr).")]
+        = False,
 ) -> None:
     """Show which machine gets which shard, the expected makespan and its lower bound. Runs nothing."""
     from .runner import RunOptions, run_command
@@ -232,9 +260,15 @@ def plan(
             from .whatif import what_if_command
 
             return what_if_command(inv, what_if)
+        console = None
+        if as_json:
+            from .console import make_console
+
+            console = make_console(sys.stderr)      # notices and probe lines; stdout holds the JSON alone
         return run_command(inv, RunOptions(selector=machines, strategy=strategy.value if strategy else None,
                                            shards=shards, skip_health_checks=skip_health_checks,
-                                           dry_run=True, accept_new_host_keys=accept_new_host_keys))
+                                           dry_run=True, accept_new_host_keys=accept_new_host_keys,
+                                           as_json=as_json, console=console, live=False if as_json else None))
 
     _finish(call)
 
@@ -248,11 +282,10 @@ def history(
     flaky: Annotated[bool, typer.Option("--flaky", help="The flakiest tests of those runs instead.")] = False,
 ) -> None:
     """Recent runs: id, when, duration, passed / failed / flaky, machines, exit code."""
-    from .inventory import load_inventory
     from .report import history_command
 
     def call() -> int:
-        return history_command(load_inventory(inventory), limit=limit, as_json=as_json, selector=machines,
+        return history_command(_history_inventory(inventory), limit=limit, as_json=as_json, selector=machines,
                                flaky=flaky)
 
     _finish(call)
@@ -264,9 +297,10 @@ def report(
         = None,
     inventory: InventoryOpt = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The run's record as JSON, in the JSON report's format.")]
+        = False,
 ) -> None:
     """A run's summary in the terminal, or as an HTML page with a per-machine timeline."""
-    from .inventory import load_inventory
     from .report import report_command
 
     def call() -> int:
@@ -274,7 +308,7 @@ def report(
 
         if html is not None:
             check_output_path(html, "--html")
-        return report_command(load_inventory(inventory), run_id, html=html)
+        return report_command(_history_inventory(inventory), run_id, html=html, as_json=as_json)
 
     _finish(call)
 
@@ -288,11 +322,10 @@ def serve(
         = 50,
 ) -> None:
     """Serve the history dashboard: runs, reports, flaky tests, machine speeds, slowest tests, what if."""
-    from .inventory import load_inventory
     from .web.historyapp import serve_command
 
     def call() -> int:
-        return serve_command(load_inventory(inventory), address, limit=limit)
+        return serve_command(_history_inventory(inventory), address, limit=limit)
 
     _finish(call)
 

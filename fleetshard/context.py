@@ -43,6 +43,7 @@ class RunOptions:
     verbose: bool = False
     resume: str | None = None
     dry_run: bool = False
+    as_json: bool = False             # plan --json: the plan as JSON on stdout
     commit: str | None = None
     notify: str | None = None
     accept_new_host_keys: bool = False

@@ -7,6 +7,7 @@ base class, prints ``str(error)`` as one line (no traceback) and exits with ``er
     ├── ConfigError                 bad inventory / bad input: names file, line and field (exit 2)
     ├── UsageError                  bad command-line usage (exit 2)
     ├── HistoryError                history database corrupt, locked or unreadable (exit 2)
+    ├── NothingToResume             --resume of a run where everything passed: a message, exit 0
     └── InfraError                  something about the machines, not the tests (exit 3)
         ├── ConnectError            could not connect: refused, unreachable, timed out, DNS
         │   ├── HostKeyError        host key unknown or changed; message says what to do
@@ -57,6 +58,12 @@ class UsageError(FleetshardError):
 
 class HistoryError(FleetshardError):
     """The history database could not be used."""
+
+
+class NothingToResume(FleetshardError):
+    """``--resume RUN`` where every shard of RUN passed: not an error, there is just nothing to do."""
+
+    exit_code = 0
 
 
 class InfraError(FleetshardError):

@@ -213,7 +213,11 @@ def history_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,
         return flaky_command(inv, limit=limit, as_json=as_json, console=console)
     console = console or _console()
     path = history_path(inv)
-    wanted = {m.name for m in select_machines(inv, selector)} if selector else None
+    wanted: set[str] | None = None
+    if selector and inv.machines:
+        wanted = {m.name for m in select_machines(inv, selector)}
+    elif selector:                      # no inventory (a history found in ./.fleetshard): names as given
+        wanted = {t.strip() for t in selector.split(",") if t.strip()}
     rows = []
     if path.exists():
         with History(path) as history:
@@ -255,7 +259,7 @@ def _num(value: int, style: str) -> str:
 # --- fleetshard report ---------------------------------------------------------------------------------
 
 def report_command(inv: Inventory, run_id: str | None, *, html: Path | None = None,
-                   console: Console | None = None) -> int:
+                   console: Console | None = None, as_json: bool = False) -> int:
     """Print one run's summary (the latest by default); with ``html``, also write the HTML report."""
     from .history import History, display_path
 
@@ -267,6 +271,13 @@ def report_command(inv: Inventory, run_id: str | None, *, html: Path | None = No
     with History(path) as history:
         record = history.get_run(run_id)
         speeds = history.machine_speeds()
+    if as_json:
+        from .results import dumps, json_report_data
+
+        console.out(dumps(json_report_data(record), indent=2), highlight=False)
+        if html is not None:
+            write_html(record, html, speeds=speeds)
+        return 0
     print_summary(record, console, speeds=speeds)
     if html is not None:
         write_html(record, html, speeds=speeds)

@@ -492,7 +492,13 @@ def dumps(data: Any, *, indent: int | None = None) -> str:
 
 
 def write_json_report(record: RunRecord, out: Path) -> None:
-    """``record.as_dict()`` plus version, ISO timestamps, exit description and flaky tests. Atomic."""
+    """The JSON report (:func:`json_report_data`), written atomically."""
+    text = dumps(json_report_data(record), indent=2) + "\n"
+    atomic_write_bytes(Path(out), text.encode("utf-8"))
+
+
+def json_report_data(record: RunRecord) -> dict[str, Any]:
+    """``record.as_dict()`` plus version, ISO timestamps, exit description and flaky tests."""
     data = record.as_dict()
     data["version"] = __version__
     data["started_at"] = _iso(record.started)
@@ -502,8 +508,7 @@ def write_json_report(record: RunRecord, out: Path) -> None:
     for attempt in data["attempts"]:
         attempt["started_at"] = _iso(attempt["started"])
         attempt["ended_at"] = _iso(attempt["ended"])
-    text = dumps(data, indent=2) + "\n"
-    atomic_write_bytes(Path(out), text.encode("utf-8"))
+    return data
 
 
 def json_safe(value: Any) -> Any:

@@ -20,7 +20,7 @@ from .machines import effective_workdir
 from .model import EXIT_OK
 from .record import RunRecord
 from .recorder import redact_argv
-from .session import combine_speeds, git_head, open_history, prepare, print_plan
+from .session import combine_speeds, git_head, open_history, plan_dict, prepare, print_plan
 from .suite import resolve_suite
 from .transport import transport_for
 
@@ -53,7 +53,13 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None) -> i
                 ctx.emit(ProbeResult.of(handle.health, ctx.now()))
         if opts.dry_run:
             await coordinator.flush()
-            print_plan(opts.console, prepared)
+            if opts.as_json:
+                import json
+                import sys
+
+                sys.stdout.write(json.dumps(plan_dict(prepared), indent=2) + "\n")
+            else:
+                print_plan(opts.console, prepared)
             return EXIT_OK
         ctx.timeout = opts.timeout if opts.timeout is not None else suite.config.timeout
         ctx.commit = opts.commit or git_head(inv.base_dir)

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import planning
 from .context import RunContext
-from .errors import HistoryError, NoHealthyMachineError
+from .errors import HistoryError, NoHealthyMachineError, NothingToResume
 from .inventory import Machine
 from .machines import MachineHandle
 from .model import MachineSlots, Shard
@@ -222,6 +222,8 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
         resume = history.not_passed(opts.resume)
     if suite.mode == "native":
         if resume is not None:
+            if not resume.shard_indices:
+                raise NothingToResume(f"run {resume.run_id}: nothing to resume, every shard passed")
             total = resume.total or count
             shards = [Shard(id=f"s{i:03d}", index=i, total=total or len(resume.shard_indices))
                       for i in resume.shard_indices]
@@ -243,7 +245,7 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
         wanted = set(resume.files)
         files = [f for f in files if f in wanted]
         if not files:
-            raise HistoryError(f"run {opts.resume}: nothing to resume (every shard passed)")
+            raise NothingToResume(f"run {resume.run_id}: nothing to resume, every shard passed")
     known: dict[str, float] = {}
     if history is not None:
         try:
@@ -270,6 +272,28 @@ def _with_broken(shards: Sequence[Shard], broken: Sequence[str]) -> list[Shard]:
     whole = [*shards, *(Shard(id="", index=0, total=0, files=(f,), expected=0.0) for f in broken)]
     total = len(whole)
     return [replace(s, id=f"s{i:03d}", index=i, total=total) for i, s in enumerate(whole, 1)]
+
+
+def _placements(p: Prepared) -> dict[str, str]:
+    if p.assignment is None and p.expected is not None:
+        sim = planning.simulate(p.shards, p.slots, strategy="dynamic")
+        return {pl[0]: pl[1] for pl in sim.placements}
+    return dict(p.assignment or {})
+
+
+def plan_dict(p: Prepared) -> dict[str, Any]:
+    """`fleetshard plan --json`: the same facts as the table, machine-readable."""
+    where = _placements(p)
+    return {
+        "strategy": p.strategy,
+        "shards_why": p.explain,
+        "expected_makespan": p.expected,
+        "lower_bound": p.lower,
+        "machines": [{"name": m.name, "slots": m.slots, "speed": m.speed} for m in p.slots],
+        "left_out": sorted(name for name in p.machines if name not in {h.name for h in p.usable}),
+        "shards": [{"id": s.id, "index": s.index, "total": s.total, "files": list(s.files),
+                    "expected": s.expected, "machine": where.get(s.id)} for s in p.shards],
+    }
 
 
 def print_plan(console: Any, p: Prepared) -> None:

@@ -116,3 +116,58 @@ def test_failing_setup_said_once_per_machine_with_a_git_hint(fleet: SshFleet, fl
     assert text.count("hint: the machine's git checkout does not have this commit: push it first") == 2
     summary = text.split("not run (12):", 1)[1]
     assert "12 shards (s001 s002" in summary and summary.count("no machine left") == 1
+
+
+def test_resume_of_a_run_that_passed_exits_0(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                             tmp_path: Path) -> None:
+    import json
+
+    for suite in ({"command": "true", "shards": 2}, {"tests": "t/*.txt", "command": "cat {files}", "shards": 2}):
+        (tmp_path / "t").mkdir(exist_ok=True)
+        for name in ("a.txt", "b.txt"):
+            (tmp_path / "t" / name).write_text("x\n")
+            (fleet["h1"].workdir / "t").mkdir(exist_ok=True)
+            (fleet["h1"].workdir / "t" / name).write_text("x\n")
+        inv = fleet_inventory(machines=["h1"], suite=suite)
+        report = tmp_path / "r.json"
+        assert fleetshard("run", "-i", inv, "--no-live", "--json-report", report).code == 0
+        run_id = json.loads(report.read_text())["run_id"]
+        res = fleetshard("run", "-i", inv, "--no-live", "--resume", run_id)
+        assert res.code == 0, res.out + res.err
+        assert f"fleetshard: run {run_id}: nothing to resume, every shard passed" in res.out
+
+
+def test_history_and_report_find_the_history_here_without_machines_yaml(fleet: SshFleet, tmp_path: Path) -> None:
+    import json
+
+    other = fleet.write_inventory(tmp_path / "other.yaml", machines=["h1"], suite={"command": "true", "shards": 2})
+    run = fleetshard("run", "-i", "other.yaml", "--no-live", cwd=tmp_path)
+    assert run.code == 0, run.out + run.err
+    assert not (tmp_path / "machines.yaml").exists() and other.exists()
+    hist = fleetshard("history", "--json", cwd=tmp_path)
+    assert hist.code == 0, hist.err
+    (row,) = json.loads(hist.out)
+    only = fleetshard("history", "--json", "-m", "h1", cwd=tmp_path)
+    assert [r["id"] for r in json.loads(only.out)] == [row["id"]]
+    rep = fleetshard("report", "--json", cwd=tmp_path)
+    assert rep.code == 0, rep.err
+    data = json.loads(rep.out)
+    assert data["run_id"] == row["id"] and data["exit_code"] == 0 and len(data["shards"]) == 2
+    text = fleetshard("report", cwd=tmp_path)
+    assert text.code == 0 and row["id"] in text.out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = fleetshard("history", cwd=empty)          # no history here either: the usual message
+    assert missing.code == 2 and "machines.yaml: file not found" in missing.err
+
+
+def test_plan_json(fleet: SshFleet, fleet_inventory: WriteInventory) -> None:
+    import json
+
+    inv = fleet_inventory(machines=["h1", "h2"], slots=2, suite={"command": "true", "shards": 4})
+    res = fleetshard("plan", "-i", inv, "--json")
+    assert res.code == 0, res.err
+    plan = json.loads(res.out)
+    assert [m["name"] for m in plan["machines"]] == ["h1", "h2"]
+    assert [s["id"] for s in plan["shards"]] == ["s001", "s002", "s003", "s004"]
+    assert plan["strategy"] in ("static", "dynamic") and plan["shards_why"]
