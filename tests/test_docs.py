@@ -149,7 +149,7 @@ def test_multi_host_example(empty_ssh_config: Path) -> None:
     inv = load_inventory(ROOT / "examples" / "machines.yaml", ssh_config=empty_ssh_config)
     transports = {m.transport for m in inv.machines}
     assert transports == {"ssh", "local"} and len(inv.machines) >= 4
-    assert inv.suite is not None and inv.suite.discover and "{files}" in (inv.suite.command or "")
+    assert inv.suite is not None and inv.suite.runner == "playwright" and "{tests}" in (inv.suite.command or "")
 
 
 def test_ssh_config_alias_in_inventory_docs(tmp_path: Path) -> None:
