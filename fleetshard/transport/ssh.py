@@ -371,9 +371,15 @@ class SshTransport:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
+        backoff = tenacity.wait_exponential(multiplier=CONNECT_BACKOFF, max=CONNECT_BACKOFF_MAX)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            # never sleep past the budget: the last try starts inside it, and its own error is the reason
+            return max(0.0, min(backoff(state), deadline - CONNECT_BACKOFF - loop.time()))
+
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(_transient),
-            wait=tenacity.wait_exponential(multiplier=CONNECT_BACKOFF, max=CONNECT_BACKOFF_MAX),
+            wait=wait,
             stop=lambda state: loop.time() + CONNECT_BACKOFF >= deadline,
             reraise=True)
         async for attempt in retrying:
