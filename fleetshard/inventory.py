@@ -170,6 +170,7 @@ class SuiteConfig:
     runner: str | None = None  # pytest | playwright | jest | command (None: command)
     args: str = ""  # extra runner arguments (shell words) for the listing and every run
     ok_exit_codes: tuple[int, ...] = (0,)  # exit codes that pass when the JUnit shows no failing test
+    split_files: bool | None = None  # split a long file by test id (None: where the runner says it may)
     services: tuple[ServiceConfig, ...] = ()
     line: int = 0
 
@@ -542,6 +543,13 @@ def _url(ctx: _Ctx, node: Node, field: str) -> str:
     return value
 
 
+def _bool(ctx: _Ctx, node: Node, field: str) -> bool:
+    value = ctx.scalar(node, field)
+    if not isinstance(value, bool):
+        raise _bad(ctx, node, field, "true or false")
+    return value
+
+
 def _args(ctx: _Ctx, node: Node, field: str) -> str:
     """Runner arguments: one shell line as written, or a list of words (each quoted)."""
     if isinstance(node, SequenceNode):
@@ -637,6 +645,7 @@ _SUITE_FIELDS: dict[str, _Field] = {
     "runner": _Field(_choice("pytest", "playwright", "jest", "command"), nullable=True),
     "args": _Field(_args),
     "ok_exit_codes": _Field(_exit_codes),
+    "split_files": _Field(_bool, nullable=True),
     "services": _Field(_services),
 }
 

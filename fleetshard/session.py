@@ -22,7 +22,9 @@ from .inventory import Machine
 from .machines import MachineHandle
 from .model import MachineSlots, Shard
 from .probes import probe_all
+from .runners import Listing
 from .speeds import Sample, SpeedEstimate, estimate_speeds
+from .splitting import Split, join_parts, split_files
 from .suite import Discovery, Suite, assign_tests, discover, file_sizes
 from .transport import Transport
 
@@ -259,10 +261,33 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
                                             counts=found.counts())
     if not planned:
         planned, broken = files, []
-    plan = planning.build_shards(planned, estimates, slots, shards=count, strategy=strategy)  # type: ignore[arg-type]
-    shards = _with_broken(plan.shards, broken)
+    split = _split(ctx, suite, found.listing, planned, estimates, slots, history)
+    if split.parts:
+        estimates = planning.Estimates(split.weights, estimates.source)
+    plan = planning.build_shards(split.items, estimates, slots, shards=count,
+                                 strategy=strategy)  # type: ignore[arg-type]
+    shards = _with_broken(join_parts(plan.shards, split, found.listing), broken)
     why = plan.why + (f"; {len(broken)} file(s) that fail to load run alone" if broken else "")
+    if split.parts:
+        why += f"; {split.explain()}"
     return assign_tests(shards, found.listing), why, plan.source
+
+
+def _split(ctx: RunContext, suite: Suite, listing: Listing | None, files: Sequence[str],
+           estimates: planning.Estimates, slots: Sequence[MachineSlots], history: Any) -> Split:
+    """Files longer than a slot's share, split by test id where the runner's tests of a file are independent
+    (Playwright's fullyParallel) or the suite opts in (``split_files``)."""
+    chosen = suite.config.split_files
+    splittable = (chosen if chosen is not None else bool(listing and listing.independent)) and \
+        suite.adapter.lists_tests and ctx.opts.shards is None and suite.config.shards is None
+    seconds: dict[str, float] = {}
+    if splittable and history is not None:
+        try:
+            seconds = history.test_durations()
+        except HistoryError:
+            seconds = {}
+    return split_files(files, estimates.durations, listing, slots=sum(m.slots for m in slots),
+                       splittable=bool(splittable), test_seconds=seconds)
 
 
 def _with_broken(shards: Sequence[Shard], broken: Sequence[str]) -> list[Shard]:
@@ -315,6 +340,8 @@ def print_plan(console: Any, p: Prepared) -> None:
         table.add_column(col)
     for s in shards:
         files = ", ".join(s.files[:3]) + (f" … (+{len(s.files) - 3})" if len(s.files) > 3 else "")
+        if s.tests and len(s.files) == 1 and any(t != s.files[0] for t in s.tests):
+            files += f" ({len(s.tests)} test{'s' if len(s.tests) != 1 else ''})"
         table.add_row(s.id, where.get(s.id, "(queue)"), files or f"{s.index}/{s.total}",
                       format_duration(s.expected) if s.expected is not None else "?")
     console.print(table)

@@ -188,10 +188,13 @@ def test_todomvc_selection_and_merged_junit_over_the_fleet(fleet: SshFleet, flee
                        f"{{tests}}",
             "timeout": 300}
     inv = shared_inventory(fleet_inventory, fleet, suite, keys)
-    merged = workspace / "merged.xml"
-    res = fleetshard("run", "-i", inv, "--no-live", "--junit", merged, timeout=300)
+    merged, report = workspace / "merged.xml", workspace / "report.json"
+    res = fleetshard("run", "-i", inv, "--no-live", "--junit", merged, "--json-report", report, timeout=300)
     assert res.code == 0, res.out + res.err
     assert outcomes(merged) == local             # exactly the 3 selected tests, not the spec's 24
+    # fullyParallel: the one file is split by test id across the fleet's slots
+    shards = json.loads(report.read_text())["shards"]
+    assert len(shards) == 3 and all(s["files"] == ["tests/demo-todo-app.spec.ts"] for s in shards)
 
 
 FLAKY_SPEC = """\

@@ -49,6 +49,7 @@ class Listing:
     tests: tuple[TestId, ...] = ()
     skipped: tuple[CollectionProblem, ...] = ()      # whole files skipped at collection (module-level skip)
     errors: tuple[CollectionProblem, ...] = ()       # files that failed to load: never dropped
+    independent: bool = False         # the runner says a file's tests may run apart (Playwright fullyParallel)
 
     @property
     def files(self) -> list[str]:

@@ -77,7 +77,8 @@ class PlaywrightAdapter(Adapter):
             message = _ANSI.sub("", str(err.get("message") or "")).strip().splitlines()
             errors.setdefault(file, CollectionProblem(file, message[0] if message else "load error",
                                                       where.get("line")))
-        return Listing(tests=tuple(tests), errors=tuple(errors.values()))
+        parallel = bool((data.get("config") or {}).get("fullyParallel"))
+        return Listing(tests=tuple(tests), errors=tuple(errors.values()), independent=parallel)
 
     def listing_failed(self, exit_code: int, listing: Listing) -> bool:
         return exit_code != 0 and not listing.errors
