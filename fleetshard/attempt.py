@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import shlex
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from .results import add_collection_errors, judge
 from .suite import junit_path, shard_invocation
 from .transport import RemoteProcess
 from .transport.base import ProcessResult
+
+DOWNLOAD_TIMEOUT = 300.0   # seconds a JUnit download may take before the machine is checked for life
 
 
 class _NotStarted(Exception):
@@ -57,6 +59,7 @@ class Attempt:
     cancel_reason: str | None = None
     killing: asyncio.Task[None] | None = None
     task: asyncio.Task[None] | None = None
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def machine(self) -> str:
@@ -73,6 +76,7 @@ class Attempt:
         """Stop it (TERM, then KILL after the grace period); it still reports its one ShardFinished."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
+            self.cancelled.set()
             self.killing = asyncio.create_task(self.stop())
 
     @property
@@ -107,7 +111,7 @@ class Attempt:
                 out.close()
             if run.result.warning:
                 ctx.warn_once("output", f"{shard.id} attempt {self.number}: {run.result.warning}")
-            run.ended = ctx.now()           # busy time and learned durations exclude the downloads below
+            run.ended = ctx.now()           # busy time and learned durations exclude the download phase
             if outcome is Outcome.INFRA_FAILED and run.result.error and h.status != "lost":
                 await h.check_lost(run.result.error)
             if outcome.is_infra and h.status == "healthy":
@@ -124,14 +128,14 @@ class Attempt:
                 outcome, reason = Outcome.INFRA_FAILED, f"internal error: {type(exc).__name__}: {exc}"
             ctx.note(f"{shard.id} attempt {self.number}: {type(exc).__name__}: {exc}")
         finally:
-            ended = run.ended if run.ended is not None else ctx.now()
+            released = ctx.now()
             result = run.result
             ctx.emit(ShardFinished(
                 machine=h.name, shard=shard, attempt=self.number, outcome=outcome,
                 exit_status=result.exit_status, signal=result.signal, reason=reason, started_at=run.started,
-                at=ended, log_path=str(run.log_path), tail=tuple(run.tail), speculative=self.speculative,
+                at=released, log_path=str(run.log_path), tail=tuple(run.tail), speculative=self.speculative,
                 command=run.command, junit_path=junit_local, artifacts=tuple(artifacts), failures=failures,
-                rerun=rerun))
+                rerun=rerun, ended_at=run.ended if run.ended is not None else released))
 
     def _judge(self, outcome: Outcome, reason: str, run: _Gathered, junit: str | None
                ) -> tuple[Outcome, str, tuple[TestFailure, ...], tuple[str, ...] | None, str | None]:
@@ -167,7 +171,7 @@ class Attempt:
 
         ctx, h, shard = self.ctx, self.handle, self.shard
         suite = ctx.suite
-        problem = await h.ready(prepare_machine)
+        problem = await self._until_cancelled(h.ready(prepare_machine))
         if problem is not None:             # told once with the machine's status; short here
             raise ConnectError(f"{h.short_problem(problem)} (machine drained)")
         if suite.uses_junit:
@@ -202,6 +206,18 @@ class Attempt:
             run.result = await self.wait
         return self.classify(run.result, timed_out)
 
+    async def _until_cancelled(self, step: Awaitable[str | None]) -> str | None:
+        """The machine's preparation (shared by its attempts), unless this attempt is cancelled first."""
+        prepared = asyncio.ensure_future(step)
+        cancelled = asyncio.ensure_future(self.cancelled.wait())
+        try:
+            await asyncio.wait({prepared, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if not prepared.done():
+            raise _NotStarted
+        return prepared.result()
+
     def classify(self, result: ProcessResult, timed_out: bool) -> tuple[Outcome, str]:
         if timed_out:
             return Outcome.TIMED_OUT, f"timed out after {self.ctx.timeout:g} s"
@@ -227,9 +243,12 @@ class Attempt:
         full = remote if remote.startswith(("/", "~")) else f"{h.workdir}/{remote}"
         local = ctx.run_dir / "junit" / f"{shard.id}-{attempt}.xml"
         try:
-            found = await h.transport.get_file(full, str(local))
-        except (ConnectError, OSError) as exc:
-            ctx.note(f"{shard.id} attempt {attempt}: JUnit not collected from {h.name}: {exc}")
+            found = await asyncio.wait_for(h.transport.get_file(full, str(local)), DOWNLOAD_TIMEOUT)
+        except (ConnectError, OSError, TimeoutError) as exc:
+            why = str(exc) or f"no answer in {DOWNLOAD_TIMEOUT:g} s"
+            ctx.note(f"{shard.id} attempt {attempt}: JUnit not collected from {h.name}: {why}")
+            if isinstance(exc, (ConnectError, TimeoutError)):
+                await h.check_lost(f"lost during the JUnit download: {why}")
             return None
         except Exception as exc:  # an SFTP error must not lose the run
             ctx.note(f"{shard.id} attempt {attempt}: JUnit not collected: {exc}")

@@ -99,6 +99,8 @@ class Coordinator:
         self.timers: list[asyncio.TimerHandle] = []
         self.background: set[asyncio.Future[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._teardown: asyncio.Future[Any] | None = None
+        self._teardown_cut = False
         self._settled: asyncio.Future[None] | None = None
         self.subscribe(self.recorder)
 
@@ -193,6 +195,7 @@ class Coordinator:
     def interrupt(self) -> None:
         """First Ctrl-C: cancel the run (TERM, KILL after the grace period). Second: KILL at once."""
         self.interrupts += 1
+        self._cut_teardown()
         if self.interrupts == 1:
             self.ctx.emit(CancelRun(reason="interrupted", at=self.ctx.now()))
         else:
@@ -340,20 +343,48 @@ class Coordinator:
         used = [h for h in self.machines.values() if h.used]
         marker = [f"FLEETSHARD_RUN_ID={ctx.run_id}"]
 
-        async def sweep(h: MachineHandle) -> None:
-            if h.services and h.status != "lost":
-                try:
-                    await asyncio.wait_for(h.stop_services(), ctx.kill_grace + h.machine.connect_timeout + 10)
-                except (ConnectError, OSError, TimeoutError):
-                    pass                  # the sweep below (and the channel's end) still takes them down
+        async def kill(h: MachineHandle) -> bool:
             # A lost machine is tried too (once, within its connect timeout): if its link came back,
             # whatever the run left there dies now.
             try:
                 await asyncio.wait_for(h.transport.kill_groups([], "KILL", markers=marker),
                                        h.machine.connect_timeout + 5)
             except (ConnectError, OSError, TimeoutError):
-                return
-            if h.status != "lost":
+                return False
+            return True
+
+        async def sweep(h: MachineHandle) -> None:
+            if h.services and h.status != "lost":
+                try:
+                    await asyncio.wait_for(h.stop_services(), ctx.kill_grace + h.machine.connect_timeout + 10)
+                except (ConnectError, OSError, TimeoutError):
+                    pass                  # the sweep below (and the channel's end) still takes them down
+            if await kill(h) and h.status != "lost":
                 await teardown_machine(h)
 
-        await asyncio.gather(*(sweep(h) for h in used), return_exceptions=True)
+        self._teardown = asyncio.ensure_future(asyncio.gather(*(sweep(h) for h in used), return_exceptions=True))
+        try:
+            await self._teardown
+        except asyncio.CancelledError:
+            if not self._teardown_cut:
+                raise
+            ctx.notice("teardown cut short by Ctrl-C", "warning")
+            await asyncio.gather(*(kill(h) for h in used), return_exceptions=True)   # what it left running
+        finally:
+            self._teardown = None
+
+    def _cut_teardown(self) -> None:
+        """Ctrl-C during teardown: the second cuts it at once, the first after the kill grace period."""
+        teardown = self._teardown
+        if teardown is None or teardown.done():
+            return
+
+        def cut() -> None:
+            if not teardown.done():
+                self._teardown_cut = True
+                teardown.cancel()
+
+        if self.interrupts > 1:
+            cut()
+        else:
+            self.timers.append(asyncio.get_running_loop().call_later(self.ctx.kill_grace, cut))

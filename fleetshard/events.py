@@ -68,7 +68,7 @@ class ShardFinished:
     signal: str | None
     reason: str                       # human explanation, "" when passed
     started_at: float
-    at: float
+    at: float                         # the slot is free again (after the JUnit and artifact downloads)
     log_path: str
     tail: tuple[str, ...] = ()        # last lines of output, for failure announcements
     speculative: bool = False
@@ -77,10 +77,13 @@ class ShardFinished:
     artifacts: tuple[str, ...] = ()   # local copies of the attempt's artifacts
     failures: tuple[TestFailure, ...] = ()   # the failing tests its JUnit names (or its files, without)
     rerun: tuple[str, ...] | None = None     # test ids that rerun exactly its failures (None: the shard)
+    ended_at: float | None = None     # the process ended (None: at ``at``); downloads come after
 
     @property
     def duration(self) -> float:
-        return max(0.0, self.at - self.started_at)
+        """Seconds the process ran (the downloads after it excluded)."""
+        end = self.at if self.ended_at is None else self.ended_at
+        return max(0.0, end - self.started_at)
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class MachineHandle:
         """Connect, create the workdir, sync and run setup once per machine; why not, or None."""
         if self.ready_future is None:
             self.ready_future = asyncio.ensure_future(self._prepare(prepare))
-        return await self.ready_future
+        return await asyncio.shield(self.ready_future)
 
     async def _prepare(self, prepare: Prepare) -> str | None:
         self.used = True

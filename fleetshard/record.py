@@ -27,6 +27,7 @@ class AttemptRecord:
     artifacts: list[str] = field(default_factory=list)
     queued: float | None = None       # state timestamps: queued -> assigned -> running (= started) -> ended
     assigned: float | None = None
+    released: float | None = None     # the slot was free again: ended + the JUnit/artifact download phase
 
     @property
     def duration(self) -> float:

@@ -52,9 +52,11 @@ class Recorder:
             wall = self.ctx.wall
             self.attempts.append(AttemptRecord(
                 shard_id=event.shard.id, attempt=event.attempt, machine=event.machine, outcome=str(event.outcome),
-                started=wall(event.started_at), ended=wall(event.at), exit_status=event.exit_status,
+                started=wall(event.started_at),
+                ended=wall(event.at if event.ended_at is None else event.ended_at), exit_status=event.exit_status,
                 signal=event.signal, reason=event.reason, log_path=event.log_path, junit_path=event.junit_path,
-                speculative=event.speculative, command=event.command, artifacts=list(event.artifacts)))
+                speculative=event.speculative, command=event.command, artifacts=list(event.artifacts),
+                released=wall(event.at)))
 
     def record(self, sched: Scheduler, shards: Sequence[Shard], machines: Mapping[str, MachineHandle],
                strategy: str, code: int, expected: float | None, lower: float | None) -> RunRecord:

@@ -22,14 +22,19 @@ from .record import RunRecord
 from .recorder import redact_argv
 from .session import combine_speeds, git_head, open_history, plan_dict, prepare, print_plan
 from .suite import resolve_suite
-from .transport import transport_for
+from .transport import Transport, transport_for
 
 __all__ = ["RunOptions", "backoff_from_tenacity", "combine_speeds", "effective_workdir", "redact_argv",
            "run_command"]
 
 
-async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None) -> int:
-    """Prepare and run; ``dashboard`` (``--serve``): a subscriber that is also handed the run record."""
+async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
+                   transports_for: Callable[..., Transport] = transport_for,
+                   observe: Callable[[Coordinator], None] | None = None) -> int:
+    """Prepare and run (or, with ``opts.dry_run``, plan). ``dashboard`` (``--serve``): a subscriber that is
+    also handed the run record. ``transports_for(machine, accept_new_host_keys=...)`` makes each machine's
+    transport (tests pass a fake fleet's); ``observe(coordinator)`` is called before anything happens (to
+    subscribe more views, or to interrupt)."""
     from .progress import make_renderer
 
     suite = resolve_suite(inv, opts.command)
@@ -41,8 +46,10 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None) -> i
     coordinator.subscribe(renderer, output=opts.stream)   # notices from probing and planning are shown too
     if dashboard is not None:
         coordinator.subscribe(dashboard, output=True)     # its pages show any attempt's output on demand
+    if observe is not None:
+        observe(coordinator)
     coordinator.start()
-    transports = {m.name: transport_for(m, accept_new_host_keys=opts.accept_new_host_keys) for m in selected}
+    transports = {m.name: transports_for(m, accept_new_host_keys=opts.accept_new_host_keys) for m in selected}
     remove_signals: Callable[[], None] = (lambda: None) if opts.dry_run else coordinator.install_signals()
     history: Any = None
     try:

@@ -358,7 +358,8 @@ class Scheduler:
         kind = sr.cancelling.pop(rec.attempt, None)
         if ev.outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
             started = rec.running_at if rec.running_at is not None else rec.assigned_at
-            norm = max(0.0, ev.at - started) * machine.info.speed
+            ended = ev.at if ev.ended_at is None else ev.ended_at
+            norm = max(0.0, ended - started) * machine.info.speed
             self._norm_durations.append(norm)
             self._norm_on.setdefault(rec.machine, []).append(norm)
             if sr.shard.expected is not None and sr.shard.expected > 0 and norm > 0:
