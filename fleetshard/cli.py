@@ -192,6 +192,8 @@ def run(
     serve_grace: Annotated[float, typer.Option(
         "--serve-grace", min=0, metavar="SECONDS",
         help="After the run, serve its report until open pages have it, at most this long.")] = 30.0,
+    keep_remote_dir: Annotated[bool, typer.Option(
+        "--keep-remote-dir", help="Keep each machine's .fleetshard/RUN_ID directory (debugging).")] = False,
 ) -> None:
     """Run the suite in shards across the machines. Anything after `--` replaces suite.command."""
     from .runner import RunOptions, run_command
@@ -210,6 +212,7 @@ def run(
             json_report=json_report, html=html, live=False if no_live else None, stream=stream,
             quiet=quiet, verbose=verbose, resume=resume, dry_run=dry_run, commit=commit, notify=notify,
             accept_new_host_keys=accept_new_host_keys, command=_extra_command(ctx.args),
+            keep_remote_dir=keep_remote_dir,
             argv=tuple(sys.argv[1:]), serve=serve, serve_grace=serve_grace)
         if serve is not None:
             from .web import require_aiohttp

@@ -44,6 +44,7 @@ class RunOptions:
     resume: str | None = None
     dry_run: bool = False
     as_json: bool = False             # plan --json: the plan as JSON on stdout
+    keep_remote_dir: bool = False     # keep each machine's .fleetshard/<run id>/ (debugging)
     commit: str | None = None
     notify: str | None = None
     accept_new_host_keys: bool = False

@@ -338,7 +338,7 @@ class Coordinator:
             att.cancel("interrupted")
         if leftovers:
             await asyncio.wait([a.task for a in leftovers if a.task is not None], timeout=ctx.kill_grace + 10)
-        from .workspace import teardown_machine
+        from .workspace import remove_run_dir, teardown_machine
 
         used = [h for h in self.machines.values() if h.used]
         marker = [f"FLEETSHARD_RUN_ID={ctx.run_id}"]
@@ -361,6 +361,8 @@ class Coordinator:
                     pass                  # the sweep below (and the channel's end) still takes them down
             if await kill(h) and h.status != "lost":
                 await teardown_machine(h)
+                if not ctx.opts.keep_remote_dir:
+                    await remove_run_dir(h)
 
         self._teardown = asyncio.ensure_future(asyncio.gather(*(sweep(h) for h in used), return_exceptions=True))
         try:

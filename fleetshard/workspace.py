@@ -13,12 +13,16 @@ from __future__ import annotations
 import fnmatch
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConnectError
 from .machines import MachineHandle
 from .model import Shard
 from .suite import render
 from .transport.base import remote_path
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 ARTIFACT_MAX_BYTES = 200 * 1024 * 1024
 SYNC_SKIP = frozenset({".git", ".hg", ".svn", ".fleetshard"})   # never copied by suite.sync
@@ -101,6 +105,44 @@ async def teardown_machine(st: MachineHandle) -> None:
         run.notice(problem, "warning", st.machine.name)
 
 
+async def remove_run_dir(st: MachineHandle) -> None:
+    """Remove the run's own files on the machine (``.fleetshard/<run id>/`` in its workdir: JUnit files and
+    test lists), and ``.fleetshard/`` itself when nothing else is left in it. Failing is only a notice."""
+    run = st.ctx
+    rel = f".fleetshard/{run.run_id}"
+    script = (f"rm -rf -- {shlex.quote(rel)} && {{ rmdir .fleetshard 2>/dev/null; true; }}")
+    try:
+        result, out = await st.transport.run(script, cwd=st.workdir, timeout=st.machine.connect_timeout + 30)
+    except ConnectError as exc:
+        run.notice(f"{rel} not removed: {exc}", "warning", st.machine.name)
+        return
+    if result.exit_status != 0:
+        run.notice(f"{rel} not removed: {result.error or _last_line(out) or result.exit_status}", "warning",
+                   st.machine.name)
+
+
+def own_outputs(run: RunContext, local: Path) -> set[str]:
+    """Paths below the synced directory ``local`` (relative, POSIX) that are fleetshard's own outputs, never
+    sent to the machines: the local report files (--junit, --json-report, --html) and the directory the
+    suite's JUnit files are written to (``results/`` for ``results/junit-{shard}.xml``)."""
+    skip: set[str] = set()
+    root = local.resolve()
+    opts = run.opts
+    for path in (opts.junit, opts.json_report, opts.html):
+        if path is None:
+            continue
+        full = Path(path).resolve()
+        if full.is_relative_to(root) and full != root:
+            parts = full.relative_to(root).parts
+            skip.add(parts[0] if len(parts) > 1 else full.relative_to(root).as_posix())
+    template = run.suite.config.junit
+    if template:
+        prefix = _static_prefix(template)
+        if prefix not in (".", "") and "{" not in prefix and not prefix.startswith(("/", "~", "..")):
+            skip.add(prefix.split("/", 1)[0])
+    return skip
+
+
 def _static_prefix(pattern: str) -> str:
     """The leading directories of a glob that hold no wildcard: where to look for its matches."""
     parts = []
@@ -137,13 +179,14 @@ async def sync_dir(local: Path, st: MachineHandle) -> int:
     if not local.is_dir():
         raise OSError(f"{local} is not a directory")
     remote = await _remote_listing(st, st.workdir) or {}
+    skip = SYNC_SKIP | own_outputs(st.ctx, local)
     changed: list[str] = []
     dirs: set[str] = set()
     for path in sorted(local.rglob("*")):
         if not path.is_file():
             continue
         rel = path.relative_to(local).as_posix()
-        if rel.split("/", 1)[0] in SYNC_SKIP:
+        if rel.split("/", 1)[0] in skip or rel in skip:
             continue
         stat = path.stat()
         if remote.get(rel) == (stat.st_size, int(stat.st_mtime)) or (

@@ -171,3 +171,31 @@ def test_plan_json(fleet: SshFleet, fleet_inventory: WriteInventory) -> None:
     assert [m["name"] for m in plan["machines"]] == ["h1", "h2"]
     assert [s["id"] for s in plan["shards"]] == ["s001", "s002", "s003", "s004"]
     assert plan["strategy"] in ("static", "dynamic") and plan["shards_why"]
+
+
+def test_remote_run_dir_removed_and_sync_skips_own_outputs(fleet: SshFleet, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    proj = tmp_path / "proj"
+    for rel in ("src/a.txt", "results/old.xml", "out/old.html"):
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (proj / rel).write_text("x\n")
+    workdir = fleet["h1"].workdir / "sync-own-outputs"
+    shutil.rmtree(workdir, ignore_errors=True)
+    command = ("test -e src/a.txt && test ! -e results && test ! -e out && "
+               "mkdir -p .fleetshard/$FLEETSHARD_RUN_ID && touch .fleetshard/$FLEETSHARD_RUN_ID/left")
+    inv = fleet.write_inventory(tmp_path / "machines.yaml", machines=["h1"],
+                                suite={"command": command, "shards": 1, "sync": "proj"},
+                                extra_machine_keys={"h1": {"workdir": str(workdir)}})
+    report = tmp_path / "r.json"
+    outputs = ("--junit", proj / "results" / "merged.xml", "--html", proj / "out" / "r.html")
+    res = fleetshard("run", "-i", inv, "--no-live", *outputs, "--json-report", report)
+    assert res.code == 0, res.out + res.err
+    assert (workdir / "src" / "a.txt").exists()
+    assert not (workdir / "results").exists() and not (workdir / "out").exists()
+    assert not (workdir / ".fleetshard").exists()           # the run's directory, and the empty parent
+    kept = fleetshard("run", "-i", inv, "--no-live", "--keep-remote-dir", *outputs, "--json-report", report)
+    assert kept.code == 0, kept.out + kept.err
+    run_id = json.loads(report.read_text())["run_id"]
+    assert (workdir / ".fleetshard" / run_id / "left").exists()
