@@ -47,6 +47,7 @@ class MachineHandle:
     probing: bool = False
     workdir: str = field(init=False, default="~")
     services: list[RunningService] = field(default_factory=list, repr=False)   # started after setup
+    connecting: asyncio.Future[float] | None = field(default=None, repr=False)  # opened while planning
 
     def __post_init__(self) -> None:
         self.workdir = effective_workdir(self.machine, self.ctx.inv.base_dir)
@@ -85,6 +86,8 @@ class MachineHandle:
     async def _prepare(self, prepare: Prepare) -> str | None:
         self.used = True
         try:
+            if self.connecting is not None:
+                await self.connecting        # the connection opened while the run was planned
             await self.transport.connect()
             problem = await prepare(self)
             if problem is None and self.ctx.suite.config.services:

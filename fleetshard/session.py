@@ -79,6 +79,11 @@ def open_history(ctx: RunContext) -> Any:
 async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
                   history: Any) -> Prepared:
     suite = ctx.suite
+    connecting: dict[str, asyncio.Future[float]] = {}
+    if ctx.opts.skip_health_checks and not ctx.opts.dry_run:
+        # No probe to wait for: open the connections now, while history, discovery and planning run; the
+        # first shard on each machine then finds its connection ready (or its failure, once).
+        connecting = {m.name: _preconnect(transports[m.name]) for m in selected}
     # Discovery (the runner's own listing can take a second or two) runs while the machines are probed.
     discovery: asyncio.Future[Discovery] | None = None
     if suite.mode != "native" and not ctx.opts.resume:
@@ -93,6 +98,8 @@ async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapp
         calibrate = {m.name for m in selected} if unsure else set()
         machines: dict[str, MachineHandle] = {}
         usable = await check_machines(ctx, selected, transports, calibrate, machines)
+        for h in usable:
+            h.connecting = connecting.get(h.name)
         estimates = estimate_speeds(list(machines), samples, declared=declared,
                                     calibrated=_calibrations(machines))
         startup = _startup(history, suite.command)
@@ -160,6 +167,12 @@ async def check_machines(ctx: RunContext, selected: Sequence[Machine], transport
             for h in machines.values()) or "no machine selected"
         raise NoHealthyMachineError(f"no healthy machine to run on ({reasons})")
     return usable
+
+
+def _preconnect(transport: Transport) -> asyncio.Future[float]:
+    task = asyncio.ensure_future(transport.connect())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())   # retrieved: ready() reports it
+    return task
 
 
 def planning_speeds(estimates: Mapping[str, SpeedEstimate]) -> dict[str, float]:
