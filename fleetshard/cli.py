@@ -40,8 +40,46 @@ class Strategy(StrEnum):
 InventoryOpt = Annotated[Path | None, typer.Option(
     "-i", "--inventory", help="Inventory file [default: ./machines.yaml, or $FLEETSHARD_INVENTORY].",
     show_default=False)]
+def _completion_inventory(ctx: typer.Context) -> Inventory | None:
+    """The inventory named on the command line being completed (or the default), quietly."""
+    try:
+        return _history_inventory(ctx.params.get("inventory"))
+    except Exception:                           # completion never fails loudly
+        return None
+
+
+def complete_machines(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Machine names and tags of the inventory, after the commas already typed."""
+    inv = _completion_inventory(ctx)
+    if inv is None:
+        return []
+    done, comma, last = incomplete.rpartition(",")
+    prefix = done + comma
+    words = [m.name for m in inv.machines] + sorted({t for m in inv.machines for t in m.tags})
+    return [prefix + w for w in dict.fromkeys(words) if w.startswith(last)]
+
+
+def complete_runs(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Recorded run ids, newest first."""
+    from .history import History
+    from .report import history_path
+
+    inv = _completion_inventory(ctx)
+    if inv is None:
+        return []
+    path = history_path(inv)
+    if not path.is_file():
+        return []
+    try:
+        with History(path) as history:
+            return [r.id for r in history.runs(100) if r.id.startswith(incomplete)]
+    except Exception:
+        return []
+
+
 MachinesOpt = Annotated[str | None, typer.Option(
-    "-m", "--machines", help="Only these machines: comma-separated names or tags.")]
+    "-m", "--machines", help="Only these machines: comma-separated names or tags.",
+    autocompletion=complete_machines)]
 AcceptOpt = Annotated[bool, typer.Option(
     "--accept-new-host-keys", help="Record host keys of machines not yet in known_hosts "
     "(a changed key is always refused).")]
@@ -179,7 +217,8 @@ def run(
     stream: Annotated[bool, typer.Option("--stream", help="Print every output line, tagged.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only failures and the verdict.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail.")] = False,
-    resume: Annotated[str | None, typer.Option("--resume", help="Run only what did not pass in RUN.")]
+    resume: Annotated[str | None, typer.Option("--resume", help="Run only what did not pass in RUN.",
+                                               autocompletion=complete_runs)]
         = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
     commit: Annotated[str | None, typer.Option("--commit", help="FLEETSHARD_COMMIT [default: git HEAD].")]
@@ -296,7 +335,8 @@ def history(
 
 @app.command()
 def report(
-    run_id: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id [default: the latest].")]
+    run_id: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id [default: the latest].",
+                                                 autocompletion=complete_runs)]
         = None,
     inventory: InventoryOpt = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
