@@ -29,6 +29,7 @@ from .events import (
     ShardStarted,
     Tick,
 )
+from .journal import Journal
 from .machines import MachineHandle
 from .model import EXIT_OK, RetryPolicy
 from .record import RunRecord
@@ -103,6 +104,8 @@ class Coordinator:
         self._teardown_cut = False
         self._settled: asyncio.Future[None] | None = None
         self.subscribe(self.recorder)
+        self.journal = Journal(ctx)              # durable against SIGKILL: history can recover the run
+        self.subscribe(self.journal)
 
     # -- subscribers --------------------------------------------------------------------------------
     def subscribe(self, subscriber: Subscriber, *, output: bool = False) -> None:
@@ -210,6 +213,7 @@ class Coordinator:
         task.add_done_callback(self.background.discard)
 
     def close(self) -> None:
+        self.journal.close()
         for task in list(self.background):
             task.cancel()
         for timer in self.timers:

@@ -89,6 +89,7 @@ class MachineHandle:
             if self.connecting is not None:
                 await self.connecting        # the connection opened while the run was planned
             await self.transport.connect()
+            await self.sweep_dead_runs()
             problem = await prepare(self)
             if problem is None and self.ctx.suite.config.services:
                 problem = await self.start_services()
@@ -129,6 +130,24 @@ class MachineHandle:
         grace = 0.0 if self.ctx.hurry else self.ctx.kill_grace
         while self.services:
             await stop_service(self.services.pop(), grace)
+
+    async def sweep_dead_runs(self) -> None:
+        """Kill what runs of this inventory whose coordinator is gone (killed, crashed) left here."""
+        from .journal import dead_runs_on, mark_swept
+
+        dead = dead_runs_on(self.ctx.inv.base_dir, self.name)
+        if not dead:
+            return
+        markers = [f"FLEETSHARD_RUN_ID={run_id}" for _, run_id in dead]
+        try:
+            await asyncio.wait_for(self.transport.kill_groups([], "KILL", markers=markers),
+                                   self.machine.connect_timeout + 5)
+        except (ConnectError, OSError, TimeoutError):
+            return
+        for path, _ in dead:
+            mark_swept(path, self.name)
+        self.ctx.notice(f"{self.name}: swept what interrupted run{'s' if len(dead) > 1 else ''} "
+                        f"{', '.join(r for _, r in dead)} left running", machine=self.name)
 
     async def check_lost(self, why: str) -> None:
         """After a dropped channel: is the machine still there? If not, it takes no more work.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import UsageError
@@ -219,8 +219,9 @@ def history_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,
     elif selector:                      # no inventory (a history found in ./.fleetshard): names as given
         wanted = {t.strip() for t in selector.split(",") if t.strip()}
     rows = []
-    if path.exists():
+    if path.exists() or _interrupted(inv):
         with History(path) as history:
+            _recover(inv, history)
             rows = history.runs(limit if wanted is None else max(limit * 10, 200))
     if wanted is not None:
         rows = [r for r in rows if wanted.intersection(r.machines)][:limit]
@@ -252,6 +253,19 @@ def history_command(inv: Inventory, *, limit: int = 20, as_json: bool = False,
     return 0
 
 
+def _interrupted(inv: Inventory) -> bool:
+    from .journal import interrupted_journals
+
+    return next(interrupted_journals(inv.base_dir / ".fleetshard" / "runs"), None) is not None
+
+
+def _recover(inv: Inventory, history: Any) -> None:
+    """Runs whose coordinator was killed are recorded from their journals before anything is shown."""
+    from .journal import recover_runs
+
+    recover_runs(inv.base_dir, history)
+
+
 def _num(value: int, style: str) -> str:
     return f"[{style}]{value}[/]" if value else "0"
 
@@ -265,10 +279,11 @@ def report_command(inv: Inventory, run_id: str | None, *, html: Path | None = No
 
     console = console or _console()
     path = history_path(inv)
-    if not path.exists():
+    if not path.exists() and not _interrupted(inv):
         raise UsageError(f"no runs recorded yet (no history database at {display_path(path)}): "
                          "run `fleetshard run` first")
     with History(path) as history:
+        _recover(inv, history)
         record = history.get_run(run_id)
         speeds = history.machine_speeds()
     if as_json:

@@ -70,10 +70,17 @@ def open_history(ctx: RunContext) -> Any:
     from .report import history_path
 
     try:
-        return History(history_path(ctx.inv))
+        history = History(history_path(ctx.inv))
     except HistoryError as exc:
         ctx.notice(f"history unavailable, planning without it: {exc}", "warning")
         return None
+    from .journal import recover_runs
+
+    for run_id in recover_runs(ctx.inv.base_dir, history):
+        ctx.notice(f"run {run_id} was interrupted (its coordinator stopped before the end): recorded in "
+                   f"history from its journal; `fleetshard run --resume {run_id}` runs what did not pass",
+                   "warning")
+    return history
 
 
 async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],

@@ -165,3 +165,50 @@ def test_marker_looking_output(fleet: SshFleet, fleet_inventory: WriteInventory,
     data = report(js)
     assert [a["outcome"] for a in data["attempts"]] == ["tests-failed", "tests-failed"]
     assert data["machines"][0]["status"] == "healthy"
+
+
+def finished_passed(journal: Path) -> int:
+    try:
+        lines = journal.read_text().splitlines()
+    except OSError:
+        return 0
+    return sum('"kind": "finished"' in line and '"outcome": "passed"' in line for line in lines)
+
+
+def test_sigkill_of_the_coordinator_then_resume(fleet: SshFleet, fleet_inventory: WriteInventory, suites: Any,
+                                                tmp_path: Path) -> None:
+    """kill -9 mid-run: the remote processes die with their sessions, `history` shows the run
+    interrupted, `report RUN` works, and `run --resume RUN` runs exactly what did not pass."""
+    slow = {f"tests/t{i:02d}.test": {"duration": 60} for i in range(9, 13)}
+    fs = suites(fleet, specs(12, 0.2, **slow))
+    inv = fleet_inventory(suite=fs.suite(shards=12))
+    with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        journal: Path | None = None
+        while time.monotonic() < deadline:
+            found = list((tmp_path / ".fleetshard" / "runs").glob("*/journal.jsonl"))
+            journal = found[0] if found else None
+            if journal is not None and finished_passed(journal) >= 8:
+                break
+            time.sleep(0.1)
+        assert journal is not None and finished_passed(journal) >= 8, "the quick shards never passed"
+        proc.kill()
+        proc.wait(10)
+    run_id = journal.parent.name
+    assert fleet.wait_no_processes(8) == []          # the wrappers saw their sessions close
+    hist = fleetshard("history", "-i", inv, "--json")
+    runs = {r["id"]: r for r in json.loads(hist.out)}
+    assert runs[run_id]["exit_code"] == 130 and runs[run_id]["counts"]["passed"] >= 8, hist.out
+    rep = fleetshard("report", run_id, "-i", inv)
+    assert rep.code == 0 and run_id in rep.out and "recovered from the run journal" in rep.out + rep.err, rep.out
+    first = report(journal.parent / "report.json")
+    not_passed = {f for s in first["shards"] if s["state"] != "passed" for f in s["files"]}
+    assert not_passed and not_passed <= set(slow)
+    (fs.dir / "spec.json").write_text(json.dumps(specs(12, 0.2)))       # the slow tests are quick now
+    js = tmp_path / "resumed.json"
+    res = fleetshard("run", "-i", inv, "--resume", run_id, "--json-report", js, "--no-live")
+    assert res.code == 0, res.out + res.err
+    ran = {f for s in report(js)["shards"] for f in s["files"]}
+    assert ran == not_passed
+    assert fleet.wait_no_processes(5) == []
