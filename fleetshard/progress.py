@@ -800,20 +800,35 @@ def _verdict_style(code: int) -> str:
 
 
 def _machine_table(record: RunRecord) -> Table:
+    """The per-machine table of the summary. Fits 80 columns: short headers, and a machine's reason for
+    its status goes on a line below the table (:func:`_machine_reasons`), not into a column."""
     wall = record.duration
-    table = Table(title="machines", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    # One space between columns (the box's separator, no padding): ten columns and a 15-character machine
+    # name fit 80 columns; a longer name folds within its column.
+    table = Table(title="machines", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("machine", "left"), ("slots", "right"), ("status", "left"), ("shards", "right"), ("passed", "right"),
-        ("failed", "right"), ("infra", "right"), ("retries", "right"), ("busy", "right"), ("util", "right"))
+        ("machine", "left"), ("slots", "right"), ("status", "left"), ("shards", "right"), ("pass", "right"),
+        ("fail", "right"), ("infra", "right"), ("retry", "right"), ("busy", "right"), ("util", "right"))
     for name, justify in columns:
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=name != "machine",
+                         overflow="fold" if name == "machine" else "ellipsis")
     for row in machine_summaries(record):
         util = row.utilisation(wall)
-        status = row.status + (f": {row.reason}" if row.reason and row.status != "healthy" else "")
-        table.add_row(row.name, str(row.slots), Text(status, style=_STATUS_STYLES.get(row.status, "")),
+        table.add_row(row.name, str(row.slots), Text(row.status, style=_STATUS_STYLES.get(row.status, "")),
                       str(row.shards), str(row.passed), str(row.failed), str(row.infra), str(row.retries),
                       format_duration(row.busy), "-" if util is None else f"{100 * util:.0f}%")
     return table
+
+
+def _machine_reasons(record: RunRecord) -> list[Text]:
+    lines = []
+    for row in machine_summaries(record):
+        if row.reason and row.status != "healthy":
+            line = Text(f"  {row.name} ")
+            line.append(row.status, style=_STATUS_STYLES.get(row.status, ""))
+            line.append(f": {row.reason}")
+            lines.append(line)
+    return lines
 
 
 def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[RenderableType]:
@@ -824,6 +839,7 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
         out.append(Text())
         if record.machines or record.attempts:
             out.append(_machine_table(record))
+            out.extend(_machine_reasons(record))
         parts = [f"{counts['shards']} shards: {counts['passed']} passed", f"{counts['failed']} failed",
                  f"{counts['not_run']} not run", f"{counts['flaky']} flaky", f"{counts['retries']} retried"]
         out.append(Text(", ".join(parts)))

@@ -199,3 +199,35 @@ def test_remote_run_dir_removed_and_sync_skips_own_outputs(fleet: SshFleet, tmp_
     assert kept.code == 0, kept.out + kept.err
     run_id = json.loads(report.read_text())["run_id"]
     assert (workdir / ".fleetshard" / run_id / "left").exists()
+
+
+def test_summary_table_fits_80_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    from fleetshard.progress import print_summary
+    from fleetshard.record import AttemptRecord, MachineRecord, RunRecord, ShardRecord
+
+    reason = ("setup failed on build-server-02.example.com (exit code 128): fatal: reference is not a tree: "
+              "0123456789abcdef0123456789abcdef01234567")
+    machines = [MachineRecord("build-server-01", 24, 1.0, "healthy"),
+                MachineRecord("build-server-02.example.com", 8, 1.0, "drained", reason),
+                MachineRecord("pi", 4, 0.3, "degraded", "timed out after 600 s")]
+    shards = [ShardRecord(id=f"s{i:03d}", index=i, total=40, files=[], expected=10.0, state="passed")
+              for i in range(1, 41)]
+    attempts = [AttemptRecord(shard_id=f"s{i:03d}", attempt=1, machine="build-server-01", outcome="passed",
+                              started=0.0, ended=1234.5, exit_status=0) for i in range(1, 41)]
+    record = RunRecord(run_id="r1", started=0.0, ended=3725.0, argv=["fleetshard", "run"], inventory="m.yaml",
+                       strategy="dynamic", mode="files", command="pytest {files}", exit_code=0,
+                       machines=machines, shards=shards, attempts=attempts)
+    buf = io.StringIO()
+    print_summary(Console(file=buf, width=80, force_terminal=True, color_system=None), record)
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    header = next(line for line in lines if line.lstrip().startswith("machine "))
+    assert header.split() == ["machine", "slots", "status", "shards", "pass", "fail", "infra", "retry", "busy",
+                              "util"]
+    row = next(line for line in lines if line.lstrip().startswith("build-server-01"))
+    assert row.split()[:4] == ["build-server-01", "24", "healthy", "40"]
+    assert any(line.startswith("  build-server-02.example.com drained: setup failed") for line in lines)
