@@ -114,9 +114,6 @@ class Attempt:
             run.ended = ctx.now()           # busy time and learned durations exclude the download phase
             if outcome is Outcome.INFRA_FAILED and run.result.error and h.status != "lost":
                 await h.check_lost(run.result.error)
-            if outcome.is_infra and h.status == "healthy":
-                # shown in its row; still takes work until drained or lost
-                h.set_status("degraded", reason)
             if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
                 junit_local = await self._fetch_junit(run.junit_remote)
                 outcome, reason, failures, rerun, junit_local = self._judge(outcome, reason, run, junit_local)

@@ -39,6 +39,7 @@ from .scheduler import (
     CancelRun,
     Decision,
     Drain,
+    Fact,
     Finish,
     Launch,
     NotRun,
@@ -170,13 +171,23 @@ class Coordinator:
                 event.done.set_result(None)
             return
         decisions: Sequence[Decision] = ()
+        facts: Sequence[Fact] = ()
         sched = self.sched
         if sched is not None and not sched.done and isinstance(event, SCHEDULER_INPUTS):
             decisions = sched.on(event)
+            facts = sched.take_facts()
         if isinstance(event, ShardFinished):
             self.attempts.pop((event.shard.id, event.attempt), None)
-        if not isinstance(event, (RetryDue, CancelRun, Start)):
+        # A MachineStatus from a producer is an observation for the scheduler; the statuses it settled
+        # come back as facts, and only those reach the views.
+        if not isinstance(event, (RetryDue, CancelRun, Start, MachineStatus)):
             self._publish(event)
+        for fact in facts:
+            if isinstance(fact, MachineStatus):
+                handle = self.machines.get(fact.machine)
+                if handle is not None:
+                    handle.status = fact.status
+            self._publish(fact)
         self._apply(decisions)
         if sched is not None and sched.done and self._settled is not None and not self._settled.done():
             self._settled.set_result(None)
@@ -246,7 +257,8 @@ class Coordinator:
                             log_dir=str(ctx.run_dir / "logs"), at=ctx.now()))
         await self.flush()
         sched = Scheduler(p.shards, p.slots, policy, strategy=p.strategy,  # type: ignore[arg-type]
-                          assignment=p.assignment, backoff=backoff_from_tenacity(policy, jitter))
+                          assignment=p.assignment, backoff=backoff_from_tenacity(policy, jitter),
+                          patience=max(3 * inv.health.interval, 60.0))
         self._settled = asyncio.get_running_loop().create_future()
         self.sched = sched
         ticker = asyncio.create_task(self._ticker())
@@ -273,26 +285,10 @@ class Coordinator:
         return code
 
     async def _ticker(self) -> None:
-        """Ticks for the scheduler; and a watchdog: when no machine has been healthy for a long time,
-        the unhealthy ones are given up on (their shards end "not run") instead of waiting forever."""
-        ctx = self.ctx
-        patience = max(3 * ctx.inv.health.interval, 60.0)
-        none_healthy_since: float | None = None
+        """A Tick about once a second: the scheduler's watchdog and speculation, the views' status lines."""
         while True:
             await asyncio.sleep(1.0)
-            now = ctx.now()
-            ctx.emit(Tick(at=now))
-            unhealthy = [h for h in self.machines.values() if h.status == "unhealthy"]
-            if any(h.status in ("healthy", "degraded") for h in self.machines.values()) or not unhealthy:
-                none_healthy_since = None
-                continue
-            none_healthy_since = none_healthy_since or now
-            if now - none_healthy_since >= patience:
-                for h in unhealthy:
-                    h.status = "lost"
-                    ctx.emit(MachineStatus(
-                        machine=h.name, status="lost", at=now,
-                        reason=f"unhealthy for {patience:.0f} s: {'; '.join(h.health.reasons) if h.health else ''}"))
+            self.ctx.emit(Tick(at=self.ctx.now()))
 
     async def _reprober(self) -> None:
         """Probe the machines again every health.interval: drain the ones that turn bad, rejoin the rest."""
@@ -325,10 +321,7 @@ class Coordinator:
                 if cancelled is not None:
                     cancelled.cancel(d.reason)
             elif isinstance(d, Drain):
-                h = self.machines.get(d.machine)
-                if h is not None:
-                    h.status = "drained"
-                self._publish(MachineStatus(machine=d.machine, status="drained", reason=d.reason, at=ctx.now()))
+                pass                                  # the drained status came with the scheduler's facts
             elif isinstance(d, NotRun):
                 self._publish(ShardNotRun(shard=d.shard, reason=d.reason, at=ctx.now()))
             elif isinstance(d, Finish):

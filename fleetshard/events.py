@@ -104,8 +104,22 @@ class ShardNotRun:
 
 
 @dataclass(frozen=True)
+class ShardSettled:
+    """The scheduler settled a shard: its final state (passed | failed | not-run), flaky, and why."""
+
+    shard: Shard
+    state: str
+    flaky: bool
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
 class MachineStatus:
-    """A machine changed status: drained, lost, unhealthy, recovered."""
+    """A machine changed status (healthy | degraded | unhealthy | drained | lost, see MachineHealth).
+
+    Emitted by producers it is an observation (a probe failed, the liveness check failed, setup failed)
+    for the scheduler, which alone decides; views see only the statuses the scheduler settled."""
 
     machine: str
     status: str                       # healthy | degraded | drained | lost | unhealthy
@@ -158,5 +172,5 @@ class RunFinished:
     summary: dict[str, int] = field(default_factory=dict)
 
 
-Event = (RunStarted | ShardStarted | OutputLine | ShardFinished | ShardRetrying | ShardNotRun
+Event = (RunStarted | ShardStarted | OutputLine | ShardFinished | ShardRetrying | ShardNotRun | ShardSettled
          | MachineStatus | ProbeResult | Notice | Tick | RunFinished)

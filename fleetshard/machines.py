@@ -74,7 +74,8 @@ class MachineHandle:
         return env
 
     def set_status(self, status: str, reason: str) -> None:
-        self.status = status
+        """Report what was observed (lost, drained, unhealthy, healthy); the scheduler decides, and the
+        coordinator sets ``status`` from what it settled."""
         self.ctx.emit(MachineStatus(machine=self.name, status=status, reason=reason, at=self.ctx.now()))
 
     async def ready(self, prepare: Prepare) -> str | None:

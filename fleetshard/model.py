@@ -20,6 +20,21 @@ class Outcome(StrEnum):
         return self in (Outcome.INFRA_FAILED, Outcome.TIMED_OUT)
 
 
+class MachineHealth(StrEnum):
+    """A machine's status as the run shows it (decided by the scheduler alone)."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"             # an infrastructure failure there; still takes work
+    UNHEALTHY = "unhealthy"           # a re-probe failed its thresholds; waited for, it may recover
+    DRAINED = "drained"               # takes no more work this run
+    LOST = "lost"                     # gone: the liveness check failed, or unhealthy for too long
+    UNREACHABLE = "unreachable"       # never reached (left out before the run)
+
+    @property
+    def usable(self) -> bool:
+        return self in (MachineHealth.HEALTHY, MachineHealth.DEGRADED)
+
+
 class ShardState(StrEnum):
     """Where a shard stands. The last four are terminal."""
 

@@ -39,6 +39,7 @@ from .events import (
     ShardFinished,
     ShardNotRun,
     ShardRetrying,
+    ShardSettled,
     ShardStarted,
     Tick,
 )
@@ -168,8 +169,11 @@ class MachineView:
 class RunState:
     """Counters and per-machine rows, fed by events. Elapsed time and ETA come from the injected clock.
 
-    Shard states here are a display approximation of the scheduler's: a shard is *done* once passed,
-    failed (tests failed, no retry announced) or not run; ``ShardRetrying`` puts it back to waiting.
+    Shard states are the scheduler's: ``ShardSettled`` carries the state it settled (passed, failed,
+    not run) and whether the shard is flaky, and nothing changes a settled shard afterwards. Until then a
+    shard is running, pending (an infra failure, its retry or not-run decision follows) or waiting
+    (``ShardRetrying``). Fed events without ``ShardSettled`` (older recordings), the finished attempts
+    stand in for it.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -190,6 +194,7 @@ class RunState:
         self.flaky: set[str] = set()
         self.retried = 0
         self.durations: list[float] = []       # of finished attempts that ran their tests
+        self.settled: set[str] = set()         # shards the scheduler settled (their state is final)
 
     # ---- feeding
 
@@ -222,13 +227,23 @@ class RunState:
                 del self.state[event.shard.id]
         elif isinstance(event, ShardFinished):
             self._finished(event)
+        elif isinstance(event, ShardSettled):
+            sid = event.shard.id
+            self.shards.setdefault(sid, event.shard)
+            self.settled.add(sid)
+            self.state[sid] = event.state
+            if event.flaky:
+                self.flaky.add(sid)
+            else:
+                self.flaky.discard(sid)
         elif isinstance(event, ShardRetrying):
             self.retried += 1
-            if self.state.get(event.shard.id) != "passed":
+            if self.state.get(event.shard.id) != "passed" and event.shard.id not in self.settled:
                 self.state[event.shard.id] = "waiting"
         elif isinstance(event, ShardNotRun):
             self.shards.setdefault(event.shard.id, event.shard)
-            self.state[event.shard.id] = "not-run"
+            if event.shard.id not in self.settled:
+                self.state[event.shard.id] = "not-run"
         elif isinstance(event, MachineStatus):
             view = self.machine(event.machine)
             view.status, view.reason = event.status, event.reason
@@ -241,6 +256,12 @@ class RunState:
         view.done += 1
         sid = event.shard.id
         self.shards.setdefault(sid, event.shard)
+        if sid in self.settled:
+            if event.outcome is Outcome.PASSED:
+                view.passed += 1
+            elif event.outcome is not Outcome.CANCELLED:
+                view.failed += 1
+            return
         current = self.state.get(sid)
         if event.outcome is Outcome.PASSED:
             view.passed += 1

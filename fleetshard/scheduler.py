@@ -30,12 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .events import MachineStatus, ShardFinished, ShardStarted, Tick
+from .events import MachineStatus, ShardFinished, ShardSettled, ShardStarted, Tick
 from .model import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TESTS_FAILED,
+    MachineHealth,
     MachineSlots,
     Outcome,
     RetryPolicy,
@@ -197,11 +198,19 @@ class _ShardRun:
     cancelling: dict[int, str] = field(default_factory=dict)          # attempt -> _STOP_KIND | _LOSER_KIND
 
 
+_HEALTH_OF = {MACHINE_ACTIVE: MachineHealth.HEALTHY, MACHINE_DRAINED: MachineHealth.DRAINED,
+              MACHINE_LOST: MachineHealth.LOST, MACHINE_UNHEALTHY: MachineHealth.UNHEALTHY}
+
+Fact = MachineStatus | ShardSettled
+"""What the scheduler settled, for the views (see :meth:`Scheduler.take_facts`)."""
+
+
 @dataclass
 class _Machine:
     info: MachineSlots
     state: str = MACHINE_ACTIVE
     reason: str = ""
+    health: MachineHealth = MachineHealth.HEALTHY
     infra_failures: int = 0
     active: set[tuple[str, int]] = field(default_factory=set)
 
@@ -230,7 +239,7 @@ class Scheduler:
     def __init__(self, shards: Sequence[Shard], machines: Sequence[MachineSlots], policy: RetryPolicy, *,
                  strategy: Literal["static", "dynamic"] = "dynamic",
                  assignment: Mapping[str, str] | None = None,
-                 backoff: Callable[[int], float] | None = None) -> None:
+                 backoff: Callable[[int], float] | None = None, patience: float | None = None) -> None:
         ids = [s.id for s in shards]
         if len(set(ids)) != len(ids):
             raise ValueError("shard ids must be unique")
@@ -244,6 +253,7 @@ class Scheduler:
         for machine in self._machines.values():               # nothing to run on: out from the start
             if machine.info.slots < 1 or machine.info.speed <= 0:
                 machine.state, machine.reason = MACHINE_DRAINED, "no slots"
+                machine.health = MachineHealth.DRAINED
         working = [m for m in machines if self._machines[m.name].state == MACHINE_ACTIVE]
         self._fill_order = [machines[i].name for i in fill_order(machines)]
         self._shards = {s.id: _ShardRun(s, i) for i, s in enumerate(shards)}
@@ -262,6 +272,10 @@ class Scheduler:
         self.flaky: set[str] = set()
         self.not_run: dict[str, str] = {}
         self._terminal_count = 0                       # shards in a terminal state (each gets there once)
+        self._patience = patience                      # no machine healthy this long: unhealthy ones are lost
+        self._none_healthy_since: float | None = None
+        self._facts: list[Fact] = []
+        self._at = 0.0
 
         # static: each machine works its planned list. dynamic with a plan (durations known from history):
         # the same per-machine lists, but a machine whose list runs dry steals from the others, so no
@@ -285,7 +299,18 @@ class Scheduler:
         return self._shards[shard_id].state
 
     def machine_state(self, name: str) -> str:
+        """How the scheduler uses the machine: active | unhealthy | drained | lost."""
         return self._machines[name].state
+
+    def machine_health(self, name: str) -> MachineHealth:
+        """The machine's status as the run shows it."""
+        return self._machines[name].health
+
+    def take_facts(self) -> list[Fact]:
+        """What was settled since the last call, in order: machine statuses it decided (healthy,
+        degraded, unhealthy, drained, lost) and shards it settled (state, flaky, reason)."""
+        facts, self._facts = self._facts, []
+        return facts
 
     def running(self, machine: str | None = None) -> list[AttemptRecord]:
         """Attempts holding a slot (launched, not yet reported back), optionally on one machine."""
@@ -307,7 +332,7 @@ class Scheduler:
         if self.done:
             return []
         out: list[Decision] = []
-        at = event.at
+        at = self._at = event.at
         if isinstance(event, Start):
             if self._started:
                 return []
@@ -336,6 +361,8 @@ class Scheduler:
                 reason = ("interrupted" if event.reason in ("", "interrupted")
                           else f"interrupted: {event.reason}")
                 self._stop(reason, out)
+        elif isinstance(event, Tick):
+            self._watchdog(at)
         if self._started:
             self._no_machine_left(out)
             self._fill(at, out)
@@ -370,6 +397,8 @@ class Scheduler:
                 reason = f"{machine.infra_failures} infrastructure failures"
                 self._set_machine(machine, MACHINE_DRAINED, reason)
                 out.append(Drain(machine.info.name, reason))
+        if ev.outcome.is_infra and machine.health == MachineHealth.HEALTHY:
+            self._set_health(machine, MachineHealth.DEGRADED, ev.reason or str(ev.outcome))
 
         if sr.state.terminal or kind == _LOSER_KIND:
             return                                            # the race was decided already
@@ -444,6 +473,8 @@ class Scheduler:
         sr.state = state
         if state == ShardState.PASSED and sr.had_test_failure:
             self.flaky.add(sr.shard.id)
+        self._facts.append(ShardSettled(shard=sr.shard, state=str(state), flaky=sr.shard.id in self.flaky,
+                                        reason=reason, at=self._at))
         if state == ShardState.NOT_RUN:
             self.not_run[sr.shard.id] = reason
             out.append(NotRun(sr.shard, reason))
@@ -472,12 +503,36 @@ class Scheduler:
                 self._set_machine(machine, MACHINE_UNHEALTHY, ev.reason or status)
         elif status == "healthy" and machine.state == MACHINE_UNHEALTHY:
             self._set_machine(machine, MACHINE_ACTIVE, "")
+        elif status == "healthy" and machine.health == MachineHealth.DEGRADED:
+            self._set_health(machine, MachineHealth.HEALTHY, "")
 
     def _set_machine(self, machine: _Machine, state: str, reason: str) -> None:
         machine.state = state
         machine.reason = reason
+        self._set_health(machine, _HEALTH_OF[state], reason)
         if state != MACHINE_ACTIVE:
             self._redistribute(machine.info.name)
+
+    def _set_health(self, machine: _Machine, health: MachineHealth, reason: str) -> None:
+        if health != machine.health:
+            machine.health = health
+            self._facts.append(MachineStatus(machine=machine.info.name, status=str(health), reason=reason,
+                                             at=self._at))
+
+    def _watchdog(self, at: float) -> None:
+        """No machine healthy for ``patience`` seconds: the unhealthy ones are given up on (lost), so
+        that their shards end "not run" instead of waiting forever."""
+        if self._patience is None:
+            return
+        unhealthy = [m for m in self._machines.values() if m.state == MACHINE_UNHEALTHY]
+        if not unhealthy or any(m.state == MACHINE_ACTIVE for m in self._machines.values()):
+            self._none_healthy_since = None
+            return
+        if self._none_healthy_since is None:
+            self._none_healthy_since = at
+        if at - self._none_healthy_since >= self._patience:
+            for m in unhealthy:
+                self._set_machine(m, MACHINE_LOST, f"unhealthy for {self._patience:.0f} s: {m.reason}")
 
     def _redistribute(self, name: str) -> None:
         """Static: the queued list of a machine that takes no more work moves to the others."""
