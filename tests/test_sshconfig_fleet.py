@@ -339,3 +339,21 @@ def test_cli_warns_once_per_machine(tmp_path: Path, home: Path, fleet: SshFleet)
     assert warnings == [f"fleetshard: warning: box: {home}/.ssh/config: LocalForward, DynamicForward not "
                         "supported by the ssh transport, ignored (transport: openssh uses the system ssh "
                         "client, which honours them) (Host box)"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_inventory_jump_chain_without_ssh_config(tmp_path: Path, home: Path, fleet: SshFleet, transport: str) -> None:
+    h1, h2, h3 = fleet["h1"], fleet["h2"], fleet["h3"]
+    chain = f"{fleet.user}@{h1.address}:{h1.port},{fleet.user}@{h2.address}:{h2.port}"
+    inv = tmp_path / "machines.yaml"
+    inv.write_text(textwrap.dedent(f"""\
+        defaults: {{user: {fleet.user}, identity_file: {fleet.client_key}, known_hosts: {fleet.known_hosts},
+                    transport: {transport}, connect_timeout: 4}}
+        machines:
+          far: {{host: {h3.address}, port: {h3.port}, jump: "{chain}"}}
+        """))
+    empty = tmp_path / "empty_ssh_config"
+    empty.write_text("")
+    (m,) = load_inventory(inv, ssh_config=empty).machines
+    assert [(j.host, j.port) for j in m.jumps] == [(h1.address, h1.port), (h2.address, h2.port)]
+    assert where(m) == "h3"

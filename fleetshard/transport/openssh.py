@@ -69,6 +69,13 @@ def _remote(script: str) -> str:
     return "exec /bin/sh -c " + shlex.quote(script)
 
 
+def _config_word(value: str) -> str:
+    """A value in ssh_config syntax: double quotes around anything with spaces (ssh has no escapes)."""
+    if '"' in value or "\n" in value:
+        raise ValueError(f"cannot be written in ssh_config: {value!r}")
+    return f'"{value}"' if any(c.isspace() for c in value) or not value else value
+
+
 def _scp_path(remote: str) -> str:
     """SFTP paths: relative ones are taken from the login directory, so ``~/`` is dropped."""
     if remote == "~":
@@ -162,11 +169,31 @@ class OpenSshTransport:
         return dest
 
     def _config_file(self, directory: Path) -> Path:
-        """The config ssh reads: the user's file (as the inventory was resolved), then the system's."""
+        """The config ssh reads. fleetshard's rules first (first value wins, and ``-o`` options do not reach
+        the ``ssh -W`` that ProxyJump runs for each hop), then the jump hosts the inventory names, then the
+        user's file (as the inventory was resolved), then the system's."""
+        m = self.machine
         path = directory / "ssh_config"
-        lines = []
-        if self.machine.ssh_config:
-            lines.append(f"Include {shlex.quote(self.machine.ssh_config)}")
+        known = " ".join(_config_word(f) for f in (m.known_hosts, *m.extra_known_hosts))
+        lines = [
+            "Host *",
+            "  BatchMode yes",
+            "  PasswordAuthentication no",
+            "  KbdInteractiveAuthentication no",
+            f"  StrictHostKeyChecking {'accept-new' if self.accept_new else 'yes'}",
+            f"  UserKnownHostsFile {known}",
+            f"  ConnectTimeout {max(1, math.ceil(m.connect_timeout))}",
+        ]
+        if "jumps" not in m.from_ssh_config:
+            for hop in m.jumps:
+                lines.append(f"Host {_config_word(hop.alias or hop.host)}")
+                if hop.user:
+                    lines.append(f"  User {_config_word(hop.user)}")
+                lines.append(f"  Port {hop.port}")
+                lines += [f"  IdentityFile {_config_word(f)}" for f in hop.identity_files]
+        lines.append("Host *")              # an Include inside a Host block is conditional on it: back to all
+        if m.ssh_config:
+            lines.append(f"Include {_config_word(m.ssh_config)}")
         if os.path.isfile(SYSTEM_CONFIG):
             lines.append(f"Include {SYSTEM_CONFIG}")
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
