@@ -104,6 +104,7 @@ class Coordinator:
         self._teardown: asyncio.Future[Any] | None = None
         self._teardown_cut = False
         self._settled: asyncio.Future[None] | None = None
+        self.preparing: asyncio.Future[Any] | None = None    # probing and planning, before run()
         self.subscribe(self.recorder)
         self.journal = Journal(ctx)              # durable against SIGKILL: history can recover the run
         self.subscribe(self.journal)
@@ -209,6 +210,8 @@ class Coordinator:
     def interrupt(self) -> None:
         """First Ctrl-C: cancel the run (TERM, KILL after the grace period). Second: KILL at once."""
         self.interrupts += 1
+        if self.preparing is not None and not self.preparing.done():
+            self.preparing.cancel()              # probing and planning: nothing has run, stop at once
         self._cut_teardown()
         if self.interrupts == 1:
             self.ctx.emit(CancelRun(reason="interrupted", at=self.ctx.now()))

@@ -54,7 +54,17 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
     history: Any = None
     try:
         history = open_history(ctx)
-        prepared = await prepare(ctx, selected, transports, history)
+        coordinator.preparing = asyncio.ensure_future(prepare(ctx, selected, transports, history))
+        try:
+            prepared = await coordinator.preparing
+        except asyncio.CancelledError:
+            if not coordinator.interrupts:
+                raise
+            ctx.notice("interrupted while the machines were probed: nothing was run", "warning")
+            await coordinator.flush()
+            return 130
+        finally:
+            coordinator.preparing = None
         for handle in prepared.machines.values():
             if handle.health is not None:
                 ctx.emit(ProbeResult.of(handle.health, ctx.now()))

@@ -4,6 +4,7 @@ remote process is left, that nothing recorded is lost, and that the run ends in 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -211,4 +212,89 @@ def test_sigkill_of_the_coordinator_then_resume(fleet: SshFleet, fleet_inventory
     assert res.code == 0, res.out + res.err
     ran = {f for s in report(js)["shards"] for f in s["files"]}
     assert ran == not_passed
+    assert fleet.wait_no_processes(5) == []
+
+
+def test_a_teardown_that_times_out_is_killed(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                             tmp_path: Path) -> None:
+    inv = fleet_inventory(machines=["h1"], suite={"command": "true", "shards": 1, "timeout": 2,
+                                                  "teardown": "sleep 100"})
+    start = time.monotonic()
+    res = fleetshard("run", "-i", inv, "--no-live")
+    assert res.code == 0, res.out + res.err
+    assert "teardown failed on h1 (timed out" in res.out + res.err
+    assert time.monotonic() - start < 30
+    assert fleet.wait_no_processes(5) == []
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+@pytest.mark.parametrize("phase", ["setup", "running", "teardown"])
+def test_ctrl_c_in_every_phase(phase: str, presses: int, fleet: SshFleet, fleet_inventory: WriteInventory,
+                               tmp_path: Path) -> None:
+    """Ctrl-C stops whatever is going on (TERM, then KILL to its group after the grace period; a second
+    Ctrl-C at once): exit 130 within 5 s of the second (grace + 5 s of one), nothing left running, the
+    run recorded."""
+    flags = fleet.root / f"flags-{time.monotonic_ns()}"       # the fleet's user cannot write to tmp_path
+    flags.mkdir(mode=0o777)
+    flags.chmod(0o777)
+    flag = flags / "started"
+    step = f"touch {flag}; sleep 100"
+    grace = 60 if presses == 2 else 2
+    suite: dict[str, Any] = {"command": "sleep 100", "shards": 2, "timeout": 300, "kill_grace": grace}
+    if phase == "setup":
+        suite["setup"] = step
+    elif phase == "running":
+        suite["command"] = step
+    else:
+        suite.update(command="true", teardown=step)
+    inv = fleet_inventory(machines=["h1", "h2"], suite=suite)
+    with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert flag.exists(), f"the {phase} never started"
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            if presses == 2:
+                time.sleep(0.5)
+                proc.send_signal(signal.SIGINT)
+            last = time.monotonic()
+            out, err = proc.communicate(timeout=30)
+            elapsed = time.monotonic() - last
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, out + err
+    bound = 5 if presses == 2 else grace + 5
+    assert elapsed < bound, f"exit came {elapsed:.1f} s after the last Ctrl-C"
+    assert fleet.wait_no_processes(5) == []
+    assert list((tmp_path / ".fleetshard" / "runs").glob("*/report.json"))
+
+
+def test_ctrl_c_while_connecting(fleet: SshFleet, fleet_inventory: WriteInventory, tmp_path: Path) -> None:
+    """A machine that accepts TCP but never speaks SSH holds the connect phase: Ctrl-C ends it at once."""
+    import socket
+
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.251", 0))
+        mute.listen(5)
+        inv = fleet_inventory(machines=["h1"], suite={"command": "true", "shards": 1},
+                              extra_machine_keys={"mute": {"host": "127.0.0.251", "port": mute.getsockname()[1],
+                                                           "connect_timeout": 60}}, health={"timeout": 60})
+        with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                time.sleep(3)
+                proc.send_signal(signal.SIGINT)
+                pressed = time.monotonic()
+                out, err = proc.communicate(timeout=30)
+                elapsed = time.monotonic() - pressed
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    assert proc.returncode == 130, out + err
+    assert elapsed < 5, f"exit came {elapsed:.1f} s after Ctrl-C"
+    assert "Traceback" not in err
     assert fleet.wait_no_processes(5) == []

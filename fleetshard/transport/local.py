@@ -109,6 +109,12 @@ class LocalTransport:
         try:
             out, _ = await asyncio.wait_for(
                 proc.communicate(stdin.encode() if stdin is not None else None), timeout)
+        except asyncio.CancelledError:            # Ctrl-C cutting a teardown: its group goes too
+            try:
+                os.killpg(proc.pid, signal_mod.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise
         except TimeoutError:
             try:
                 os.killpg(proc.pid, signal_mod.SIGKILL)
