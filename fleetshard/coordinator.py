@@ -279,7 +279,8 @@ class Coordinator:
         code = sched.exit_code if sched.exit_code is not None else EXIT_OK
         if self.interrupts:
             code = 130
-        record = self.recorder.record(sched, p.shards, self.machines, p.strategy, code, p.expected, p.lower)
+        machines = [h.record() for h in self.machines.values()]
+        record = self.recorder.record(sched, p.shards, machines, p.strategy, code, p.expected, p.lower)
         write_results(ctx, record, p.history)
         ctx.emit(RunFinished(exit_code=code, at=ctx.now(), summary=record.counts()))
         await self.stop()

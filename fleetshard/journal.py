@@ -47,7 +47,7 @@ class Journal:
         ctx = self.ctx
         if isinstance(event, RunStarted):
             self._open()
-            from .recorder import redact_argv
+            from .record import redact_argv
 
             self._write({
                 "kind": "run", "run_id": ctx.run_id, "started": ctx.t0_wall, "pid": os.getpid(),

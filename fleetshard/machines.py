@@ -16,6 +16,7 @@ from .events import MachineStatus, ProbeResult
 from .inventory import Machine
 from .model import Shard
 from .probes import HealthReport, probe
+from .record import MachineRecord
 from .services import RunningService, ServiceError, start_service, stop_service, wait_ready
 from .transport import Transport
 
@@ -55,6 +56,13 @@ class MachineHandle:
     @property
     def name(self) -> str:
         return self.machine.name
+
+    def record(self) -> MachineRecord:
+        """The machine as the run record keeps it."""
+        health = self.health
+        return MachineRecord(name=self.name, slots=self.slots, speed=self.speed, status=self.status,
+                             reason="; ".join(health.reasons) if health else "",
+                             health=health.as_dict() if health else {})
 
     @property
     def prepared(self) -> bool:

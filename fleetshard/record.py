@@ -5,6 +5,7 @@ Times here are wall-clock seconds since the epoch (the runner converts its monot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -138,3 +139,23 @@ class RunRecord:
         data["duration"] = self.duration
         data["counts"] = self.counts()
         return data
+
+
+SECRET_OPTIONS = ("--notify",)      # their values (a webhook URL holds a token) never reach reports or history
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    hide = False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg in SECRET_OPTIONS:
+            out.append(arg)
+            hide = True
+        elif arg.startswith(tuple(f"{o}=" for o in SECRET_OPTIONS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out

@@ -8,36 +8,16 @@ the machines, and :func:`write_results` writes the JSON report, merged JUnit, HT
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .context import RunContext
 from .errors import HistoryError
 from .events import Event, ShardFinished
-from .machines import MachineHandle
 from .model import Shard
-from .record import AttemptRecord, MachineRecord, RunRecord, ShardRecord
+from .record import AttemptRecord, MachineRecord, RunRecord, ShardRecord, redact_argv
 from .scheduler import Scheduler
-
-SECRET_OPTIONS = ("--notify",)      # their values (a webhook URL holds a token) never reach reports or history
-
-
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    hide = False
-    for arg in argv:
-        if hide:
-            out.append("***")
-            hide = False
-        elif arg in SECRET_OPTIONS:
-            out.append(arg)
-            hide = True
-        elif arg.startswith(tuple(f"{o}=" for o in SECRET_OPTIONS)):
-            out.append(arg.split("=", 1)[0] + "=***")
-        else:
-            out.append(arg)
-    return out
 
 
 class Recorder:
@@ -58,18 +38,13 @@ class Recorder:
                 speculative=event.speculative, command=event.command, artifacts=list(event.artifacts),
                 released=wall(event.at)))
 
-    def record(self, sched: Scheduler, shards: Sequence[Shard], machines: Mapping[str, MachineHandle],
+    def record(self, sched: Scheduler, shards: Sequence[Shard], machine_records: Sequence[MachineRecord],
                strategy: str, code: int, expected: float | None, lower: float | None) -> RunRecord:
         ctx = self.ctx
         shard_records = [
             ShardRecord(id=s.id, index=s.index, total=s.total, files=list(s.files), expected=s.expected,
                         state=str(sched.state(s.id)), reason=sched.not_run.get(s.id, ""), flaky=s.id in sched.flaky)
             for s in shards]
-        machine_records = [
-            MachineRecord(name=h.name, slots=h.slots, speed=h.speed, status=h.status,
-                          reason="; ".join(h.health.reasons) if h.health else "",
-                          health=h.health.as_dict() if h.health else {})
-            for h in machines.values()]
         states = {(r.shard_id, r.attempt): r for r in sched.records}
         for a in self.attempts:
             seen = states.get((a.shard_id, a.attempt))
@@ -78,7 +53,7 @@ class Recorder:
         return RunRecord(
             run_id=ctx.run_id, started=ctx.t0_wall, ended=time.time(), argv=redact_argv(ctx.opts.argv),
             inventory=str(ctx.inv.path), strategy=strategy, mode=ctx.suite.mode, command=ctx.suite.command,
-            exit_code=code, machines=machine_records, shards=shard_records,
+            exit_code=code, machines=list(machine_records), shards=shard_records,
             attempts=sorted(self.attempts, key=lambda a: (a.started, a.shard_id)),
             expected_makespan=expected, lower_bound=lower, run_dir=str(ctx.run_dir), commit=ctx.commit,
             notes=list(ctx.notes), runner=ctx.suite.runner)

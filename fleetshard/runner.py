@@ -18,8 +18,7 @@ from .events import ProbeResult
 from .inventory import Inventory, select_machines
 from .machines import effective_workdir
 from .model import EXIT_OK
-from .record import RunRecord
-from .recorder import redact_argv
+from .record import RunRecord, redact_argv
 from .session import combine_speeds, git_head, open_history, plan_dict, prepare, print_plan
 from .suite import resolve_suite
 from .transport import Transport, transport_for

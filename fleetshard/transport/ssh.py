@@ -249,6 +249,7 @@ class _Connection:
         self.channels -= 1
         if self.channels < self.owner.channels_per_connection:
             self.full = False
+        self.owner._freed.set()            # whoever waits for a free channel looks again
 
 
 class SshTransport:
@@ -266,7 +267,7 @@ class SshTransport:
         self._hops: list[Any] = []
         self._proxies: list[_Proxy] = []
         self._lock = asyncio.Lock()
-        self._capacity = asyncio.Condition()
+        self._freed = asyncio.Event()      # set when a channel is released
         self._closed = False
         self._sftp_conn: _Connection | None = None
         self._sftp_client: asyncio.Future[Any] | None = None
@@ -453,6 +454,7 @@ class SshTransport:
             raise ConnectError(f"{self.name}: transport closed", machine=self.name)
         while True:
             async with self._lock:
+                self._freed.clear()
                 live = self._live()
                 for c in live:
                     if c.channels < self.channels_per_connection and not c.full:
@@ -462,6 +464,12 @@ class SshTransport:
                     c = await self._new_connection()
                     c.channels += 1
                     return c
+            # Every connection is full and no more may be opened: wait for a release (bounded, so a
+            # connection that closed without releasing is noticed too) instead of spinning.
+            try:
+                await asyncio.wait_for(self._freed.wait(), 1.0)
+            except TimeoutError:
+                pass
 
     async def _channel(self, open_: Callable[[Any], Awaitable[_T]]) -> tuple[_Connection, _T]:
         """Open a channel with ``open_(conn)`` on a connection with room for it.
