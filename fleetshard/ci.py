@@ -115,8 +115,25 @@ def notification(record: RunRecord) -> dict[str, Any]:
     }
 
 
+def check_webhook_url(url: str, where: str) -> None:
+    """Only http(s) webhooks: urllib would also open ftp:// and file:// URLs. Raises UsageError."""
+    from urllib.parse import urlsplit
+
+    from .errors import UsageError
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        shown = f"{parts.scheme}://…" if parts.scheme else "a URL without http:// or https://"
+        raise UsageError(f"{where}: the webhook must be an http:// or https:// URL, not {shown}")
+
+
 def notify(record: RunRecord, url: str | None, notice: Notify) -> None:
     if not url:
+        return
+    try:
+        check_webhook_url(url, "notify")
+    except Exception as exc:
+        notice(f"notification not sent: {exc}", "warning")
         return
     body = json.dumps(notification(record)).encode()
     request = urllib.request.Request(url, data=body, method="POST",

@@ -243,6 +243,10 @@ def run(
         for option, path in (("--junit", junit), ("--json-report", json_report), ("--html", html)):
             if path is not None:
                 check_output_path(path, option)
+        if notify is not None:
+            from .ci import check_webhook_url
+
+            check_webhook_url(notify, "--notify")
         inv = _load(inventory, machines)
         opts = RunOptions(
             selector=machines, max_retries=max_retries, strategy=strategy.value if strategy else None,

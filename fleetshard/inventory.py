@@ -205,6 +205,9 @@ def select_machines(inv: Inventory, selector: str | None) -> tuple[Machine, ...]
     """Machines named or tagged by the comma-separated ``selector`` (all if empty), in file order."""
     terms = [t.strip() for t in (selector or "").split(",") if t.strip()]
     if not terms:
+        if selector is not None:                 # `-m ''` or `-m ,`: a selection of nothing, not of all
+            raise UsageError(f"-m/--machines {selector!r} names no machine: give machine names or tags, "
+                             f"comma-separated (or leave -m out for every machine)")
         return inv.machines
     chosen: set[str] = set()
     for term in terms:

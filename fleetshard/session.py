@@ -154,6 +154,8 @@ async def check_machines(ctx: RunContext, selected: Sequence[Machine], transport
             r = reports.get(m.name)
             if r is not None and not r.reachable:
                 ctx.notice(f"left out: {'; '.join(r.reasons)}", "warning", m.name)
+                machines[m.name] = MachineHandle(m, transports[m.name], ctx, 0, m.speed or 1.0, r,
+                                                 status=r.status)      # its reason is in the verdict
                 continue
             cores = r.cores if r else (os.cpu_count() or 1)
             usable.append(MachineHandle(m, transports[m.name], ctx, m.slots or cores or 1, m.speed or 1.0, r))

@@ -133,6 +133,11 @@ def resolve_suite(inv: Inventory, command: str | None = None) -> Suite:
         word = "{tests}" if "{tests}" in config.command else "{files}"
         raise UsageError(f"{source}: the command uses {word} but the suite has neither `tests` nor "
                          f"`discover` (nor a `runner`) to list them")
+    if command is not None and not has_files and (config.tests or config.discover):
+        # The inventory check refuses the same in suite.command: every shard would run no test and pass.
+        which = "tests" if config.tests else "discover"
+        raise UsageError(f"the command after `--` must contain {{files}} (or {{tests}}): the suite lists its "
+                         f"tests with `{which}` ({inv.path}), so each shard gets a share of them")
     mode: Literal["native", "files"] = "files" if has_files else "native"
     return Suite(config=config, command=config.command, mode=mode, source=source, adapter=adapter)
 

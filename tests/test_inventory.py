@@ -365,7 +365,9 @@ def test_select_machines() -> None:
           c: {tags: [arm]}
         """)
     assert select_machines(inv, None) == inv.machines
-    assert select_machines(inv, "") == inv.machines
+    for nothing in ("", ",", " , "):             # a selection of nothing is an error, never "all"
+        with pytest.raises(UsageError, match="names no machine"):
+            select_machines(inv, nothing)
     assert [m.name for m in select_machines(inv, "c,a")] == ["a", "c"]
     assert [m.name for m in select_machines(inv, "arm")] == ["a", "c"]
     assert [m.name for m in select_machines(inv, " b , slow ")] == ["a", "b"]
