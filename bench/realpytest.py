@@ -100,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[Any]] = []
     walls: dict[str, float] = {}
 
-    def local(label: str, argv_: list[str], startups: int) -> None:
+    def local(label: str, argv_: list[str], startups: int, paths: list[str] | None = None) -> None:
         runs = []
         for i in range(repeat):
             junit = base / f"junit-{len(rows)}-{i}.xml"
-            t = timed([*argv_, "-q", f"--junitxml={junit}", *files], cwd=project, check=False)
+            t = timed([*argv_, "-q", f"--junitxml={junit}", *(paths or files)], cwd=project, check=False)
             if t.code not in (0, 1):
                 note(f"{label}: exit {t.code}: {t.out[-800:]}{t.err[-800:]}")
             runs.append((t.wall, counts(junit)))
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.slots):
                     tx += ["--tx", f"ssh=-F {cfg} {name}//python={xpy}//chdir={f.machine(name).workdir}"]
             local(f"pytest-xdist --tx ssh ({workers} workers on the fleet)",
-                  [str(xpy), "-m", "pytest", "-p", "no:cacheprovider", "-d", *tx], workers)
+                  [str(xpy), "-m", "pytest", "-p", "no:cacheprovider", "-d", *tx], workers,
+                  [str(project / p) for p in files])     # below the rsync root, as xdist wants them
 
         def fleetshard_rows(label: str, inv: Path, runs_: int) -> list[tuple[float, tuple[int, str]]]:
             results = []
@@ -149,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             d = base / label
             d.mkdir(mode=0o777)
             os.chmod(d, 0o777)
-            # the inventory sits in the project (file globs are relative to it), its history in d
+            # the inventory sits in the project (the runner's listing runs there), its history in d
             return f.write_inventory(
                 project / f"machines-{label}.yaml", slots=args.slots,
-                suite={"tests": files, "command": f"{command} -q {{files}} --junitxml={{junit}}",
-                       "junit": str(d / "junit-{run_id}-{shard}-{attempt}.xml"), "timeout": 300},
+                suite={"runner": "pytest", "timeout": 300,
+                       "command": f"{command} -q --junitxml={{junit}} {{tests}}",
+                       "discover": f"{command} --collect-only -q -rsE {' '.join(files)}",
+                       "junit": str(d / "junit-{run_id}-{shard}-{attempt}.xml")},
                 extra_machine_keys={n: {"workdir": str(project)} for n in f.names},
                 top={"history": str(d / "history.db")})
 

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.fleet
     ("scale.py", "orchestrator cpu s"),
     ("output.py", "fleetshard / OpenSSH client throughput"),
     ("dashboard.py", "a page that stopped reading"),
+    ("startup.py", "process start to first shard start"),
 ])
 def test_benchmark_quick(script: str, expect: str) -> None:
     reason = skip_reason()
