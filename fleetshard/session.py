@@ -185,14 +185,16 @@ def _preconnect(transport: Transport) -> asyncio.Future[float]:
 
 
 def planning_speeds(estimates: Mapping[str, SpeedEstimate]) -> dict[str, float]:
-    """The speeds to plan with: each discounted by its uncertainty (:attr:`SpeedEstimate.planning`), then
-    scaled so that their median is the median speed, so that only the differences in certainty between
-    machines shift work (a fleet that is uniformly uncertain plans as if it were certain)."""
+    """The speeds to plan with. A machine is never planned faster than the fleet's median machine on the
+    strength of uncertain history (timings of too few runs): such a speed above the median is discounted
+    by its uncertainty (:attr:`SpeedEstimate.planning`, never below the median). Everything else is taken
+    as it is: a slow machine stays slow, and a declared, calibrated or unknown (1.0) speed is the best
+    estimate there is. So the tail is not bet on a fast speed that one confounded run suggested."""
     if not estimates:
         return {}
-    plan = {n: e.planning for n, e in estimates.items()}
-    scale = statistics.median(e.speed for e in estimates.values()) / statistics.median(plan.values())
-    return {n: round(v * scale, 4) for n, v in plan.items()}
+    median = statistics.median(e.speed for e in estimates.values())
+    return {n: round(max(median, e.planning), 4) if e.speed > median and e.source == "history" and not e.certain
+            else e.speed for n, e in estimates.items()}
 
 
 def _speed_samples(ctx: RunContext, history: Any) -> list[Sample]:
@@ -373,7 +375,8 @@ def print_plan(console: Any, p: Prepared) -> None:
     if p.speeds:
         speeds = ", ".join(f"{name} {est.describe()}" for name, est in p.speeds.items()
                            if name in {m.name for m in slots})
-        console.print(f"speeds: {speeds}; uncertain speeds are planned slower", soft_wrap=True)
+        console.print(f"speeds: {speeds}; a speed above the median learned from too few runs is planned "
+                      "slower", soft_wrap=True)
     console.print(f"shards: {p.explain}", soft_wrap=True)
     if expected is not None and lower is not None:
         console.print(f"expected makespan {format_duration(expected)}, lower bound {format_duration(lower)}"

@@ -26,7 +26,7 @@ def test_calibration_sees_a_cpu_limited_machine(make_fleet: MakeFleet, tmp_path:
     assert plan.code == 0, plan.out + plan.err
     speeds = planned_speeds(plan.out)
     assert speeds["h2"] < 0.6 * speeds["h1"], plan.out
-    assert "(CPU calibration)" in plan.out and "uncertain speeds are planned slower" in plan.out
+    assert "(CPU calibration)" in plan.out and "learned from too few runs is planned slower" in plan.out
 
 
 def test_declared_speeds_skip_the_calibration(fleet: SshFleet, fleet_inventory: WriteInventory) -> None:

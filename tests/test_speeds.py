@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -102,3 +103,19 @@ def test_calibration_is_brought_to_the_declared_scale() -> None:
     est = estimate_speeds(["h1", "h4"], declared={"h4": 0.33}, calibrated={"h1": 1.5, "h4": 0.5})
     assert est["h1"].speed == pytest.approx(0.99) and est["h1"].source == "calibration"
     assert est["h4"].speed == pytest.approx(0.33) and est["h4"].source == "declared"
+
+
+def test_planning_speeds_never_bet_on_an_uncertain_fast_machine() -> None:
+    from fleetshard.session import planning_speeds
+
+    # h1, h2 unknown (1.0, very uncertain), h3 and h4 declared slow: the user's knowledge stands
+    est = estimate_speeds(NAMES, declared={"h3": 0.5, "h4": 0.33})
+    assert planning_speeds(est) == {"h1": 1.0, "h2": 1.0, "h3": 0.5, "h4": 0.33}
+    # one confounded run says h4 is fast: above the median it is planned no faster than the median
+    blind = estimate_speeds(NAMES, confounded_run())
+    plan = planning_speeds(blind)
+    median = statistics.median(e.speed for e in blind.values())
+    assert blind["h4"].speed > 1.5 and median <= plan["h4"] < 1.1 * median
+    # runs that agree: certain speeds are planned as measured
+    honest = estimate_speeds(NAMES, honest_runs(6))
+    assert planning_speeds(honest)["h4"] == honest["h4"].speed
