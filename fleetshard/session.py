@@ -21,7 +21,7 @@ from .errors import HistoryError, NoHealthyMachineError, NothingToResume
 from .inventory import Machine
 from .machines import MachineHandle
 from .model import MachineSlots, Shard
-from .probes import probe_all
+from .probes import CALIBRATION_NOISE, probe_all
 from .runners import Listing
 from .speeds import Sample, SpeedEstimate, estimate_speeds
 from .splitting import Split, join_parts, split_files
@@ -99,10 +99,9 @@ async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapp
         samples = _speed_samples(ctx, history)
         declared = {m.name: m.speed for m in selected if m.speed}
         known = estimate_speeds([m.name for m in selected], samples, declared=declared)
-        # The CPU calibration only when some machine's speed is not known for certain (declared, or learned
-        # over runs); then every machine times it, so that the loop's times have a common reference.
-        unsure = any(not m.speed and not known[m.name].certain for m in selected)
-        calibrate = {m.name for m in selected} if unsure else set()
+        # The CPU calibration only where a speed is not known for certain (neither declared nor learned
+        # over several runs).
+        calibrate = {m.name for m in selected if not m.speed and not known[m.name].certain}
         machines: dict[str, MachineHandle] = {}
         usable = await check_machines(ctx, selected, transports, calibrate, machines)
         for h in usable:
@@ -209,12 +208,14 @@ def _speed_samples(ctx: RunContext, history: Any) -> list[Sample]:
 
 
 def _calibrations(machines: Mapping[str, MachineHandle]) -> dict[str, float]:
-    """Each calibrated machine's CPU loop against the median machine's (1.0)."""
+    """Each calibrated machine's CPU loop against the median calibrated machine's (1.0); within the
+    loop's noise (CALIBRATION_NOISE either way) a machine counts as equal to it, 1.0."""
     times = {name: h.health.calib_ms for name, h in machines.items() if h.health is not None and h.health.calib_ms}
     if len(times) < 2:
         return {}
     median = statistics.median(times.values())
-    return {name: median / ms for name, ms in times.items() if ms and ms > 0}
+    ratios = {name: median / ms for name, ms in times.items() if ms and ms > 0}
+    return {name: r if not 1 / CALIBRATION_NOISE < r < CALIBRATION_NOISE else 1.0 for name, r in ratios.items()}
 
 
 def _startup(history: Any, command: str | None = None) -> dict[str, float]:
