@@ -260,6 +260,9 @@ def init_command(*, output: Path, from_ssh_config: bool, from_ansible: str | Non
     suite = guess_suite(directory.resolve())
     text = render(machines, suite, source=source)
     inv = _check(text, directory, ssh_config)          # the loader must accept what we write
+    if _prefer_openssh(inv, machines):
+        text = render(machines, suite, source=source)
+        inv = _check(text, directory, ssh_config)
     if probe and machines:
         _probe_slots(inv, machines, accept_new_host_keys, echo)
         text = render(machines, suite, source=source)
@@ -269,6 +272,23 @@ def init_command(*, output: Path, from_ssh_config: bool, from_ansible: str | Non
     _offer_gitignore(directory, gitignore, echo)
     echo(f"next: fleetshard health -i {output}, then fleetshard plan -i {output}")
     return 0
+
+
+def _prefer_openssh(inv: Any, machines: Sequence[Candidate]) -> bool:
+    """Machines whose ~/.ssh/config uses keywords the built-in transport ignores get ``transport: openssh``
+    (when the ssh client is installed), with the reason as a comment."""
+    changed = False
+    by_name = {c.name: c for c in machines}
+    for machine in inv.machines:
+        c = by_name.get(machine.name)
+        unsupported = [w for w in machine.warnings if "not supported by the ssh transport" in w]
+        if c is None or not unsupported or "transport" in c.keys or shutil.which("ssh") is None:
+            continue
+        keywords = unsupported[0].split(": ", 1)[-1].split(" not supported", 1)[0]
+        c.keys = {"transport": "openssh", **c.keys}
+        c.note = f"transport: openssh, since ~/.ssh/config uses {keywords} for it (the ssh transport ignores it)"
+        changed = True
+    return changed
 
 
 def _check(text: str, directory: Path, ssh_config: Path | None) -> Any:
@@ -309,7 +329,8 @@ def _probe_slots(inv: Any, machines: Sequence[Candidate], accept_new: bool, echo
             c.keys["slots"] = int(report.cores)
         else:
             reason = "; ".join(report.reasons) or "unreachable"
-            c.note = f"not reachable during init, slots left to the probe: {_one_line(reason)}"
+            note = f"not reachable during init, slots left to the probe: {_one_line(reason)}"
+            c.note = f"{c.note}; {note}" if c.note else note
             echo(f"  {c.name}: {_one_line(reason)}")
 
 

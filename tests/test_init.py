@@ -28,6 +28,7 @@ def test_from_ssh_config_probes_slots_and_loads(tmp_path: Path, home: Path, flee
     for name in ("h1", "h2"):
         m = fleet[name]
         lines += [f"Host {name}", f"  HostName {m.address}", f"  Port {m.port}"]
+    lines.append("  LocalForward 39999 localhost:22")     # h2 needs the system ssh client
     address, port = fleet.unused_address()
     lines += ["Host gone", f"  HostName {address}", f"  Port {port}", "Host *.lan !secret.lan", "  User x",
               "Host *", f"  User {fleet.user}", f"  IdentityFile {fleet.client_key}",
@@ -50,6 +51,8 @@ def test_from_ssh_config_probes_slots_and_loads(tmp_path: Path, home: Path, flee
     assert [m.name for m in inv.machines] == ["h1", "h2", "gone"]
     h1, h2, gone = inv.machines
     assert h1.slots is not None and h1.slots >= 1 and h2.slots == h1.slots
+    assert (h1.transport, h2.transport) == ("ssh", "openssh")
+    assert "# transport: openssh, since ~/.ssh/config uses LocalForward for it" in text
     assert gone.slots is None
     assert inv.suite is not None and inv.suite.runner == "pytest"
 
