@@ -357,3 +357,31 @@ def test_inventory_jump_chain_without_ssh_config(tmp_path: Path, home: Path, fle
     (m,) = load_inventory(inv, ssh_config=empty).machines
     assert [(j.host, j.port) for j in m.jumps] == [(h1.address, h1.port), (h2.address, h2.port)]
     assert where(m) == "h3"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_second_known_hosts_file_is_trusted_and_a_changed_key_there_refused(
+        tmp_path: Path, home: Path, fleet: SshFleet, transport: str) -> None:
+    first = tmp_path / "first_known_hosts"
+    right = fleet.write_known_hosts(tmp_path / "right", wrong=[])
+    wrong = fleet.write_known_hosts(tmp_path / "wrong", wrong=["h1"])
+    config = base_config(fleet, known=False)
+    config += host_block(fleet, "good", "h1", f"UserKnownHostsFile {first} {right}\n")
+    config += host_block(fleet, "bad", "h1", f"UserKnownHostsFile {first} {wrong}\n")
+    good, bad = load(tmp_path, config, "good: {}\nbad: {}\n", transport)
+    assert (good.known_hosts, good.extra_known_hosts) == (str(first), (str(right),))
+    assert where(good) == "h1"
+    assert not first.exists() or first.read_text() == ""
+
+    async def accept_new(machine: Machine) -> str:
+        t = transport_for(machine, accept_new_host_keys=True)
+        try:
+            await t.connect()
+            return "connected"
+        except ConnectError as exc:
+            return str(exc)
+        finally:
+            await t.close()
+
+    message = asyncio.run(accept_new(bad))
+    assert "changed" in message.lower() or "identification has changed" in message.lower(), message

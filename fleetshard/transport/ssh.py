@@ -70,8 +70,9 @@ def _known_host_pattern(host: str, port: int) -> str:
 class _Client(asyncssh.SSHClient):
     """Records the key the server presented, and accepts it when the user opted in and it is new."""
 
-    def __init__(self, known_hosts: Path, accept_new: bool) -> None:
+    def __init__(self, known_hosts: Path, accept_new: bool, also_trusted: tuple[str, ...] = ()) -> None:
         self.known_hosts = known_hosts
+        self.also_trusted = also_trusted         # further files (UserKnownHostsFile 2nd.., GlobalKnownHostsFile)
         self.accept_new = accept_new
         self.presented: asyncssh.SSHKey | None = None
         self.host_known = False
@@ -79,7 +80,9 @@ class _Client(asyncssh.SSHClient):
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.presented = key
-        self.host_known = _host_has_entry(self.known_hosts, host, addr, port)
+        # Known with another key in any trusted file is a changed key, never a new one.
+        self.host_known = any(_host_has_entry(Path(f), host, addr, port)
+                              for f in (str(self.known_hosts), *self.also_trusted))
         if self.accept_new and not self.host_known:
             _record_host_key(self.known_hosts, host, port, key)
             self.accepted = True
@@ -278,7 +281,7 @@ class SshTransport:
         """One SSH connection to ``hop`` (the machine itself, or one of its jump hosts)."""
         m = self.machine
         known_hosts = Path(m.known_hosts)
-        client = _Client(known_hosts, self.accept_new)
+        client = _Client(known_hosts, self.accept_new, m.extra_known_hosts)
         if m.identity_agent == "none":
             agent: str | None = None
         else:
