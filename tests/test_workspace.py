@@ -110,7 +110,7 @@ def test_github_step_summary_and_annotations(fleet: SshFleet, fleet_inventory: W
     assert res.code == 1
     text = summary.read_text()
     assert "## fleetshard: tests failed" in text and "| h1 |" in text and "tests/t02.test" in text
-    assert "::error file=tests/t02.test,title=fake.test_t02.test failed on h" in res.out
+    assert "::error file=tests/t02.test,title=fake%3A%3Atest_t02.test failed on h" in res.out
     fs.cleanup()
 
 
