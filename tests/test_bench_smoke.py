@@ -25,6 +25,7 @@ pytestmark = pytest.mark.fleet
     ("output.py", "fleetshard / OpenSSH client throughput"),
     ("dashboard.py", "a page that stopped reading"),
     ("startup.py", "process start to first shard start"),
+    ("transports.py", "fleetshard openssh / ssh throughput"),
 ])
 def test_benchmark_quick(script: str, expect: str) -> None:
     reason = skip_reason()
