@@ -42,6 +42,7 @@ from .scheduler import (
     Fact,
     Finish,
     Launch,
+    MachineJoined,
     NotRun,
     Retry,
     RetryDue,
@@ -80,7 +81,7 @@ class Subscriber(Protocol):
     def handle(self, event: Event) -> None: ...
 
 
-SCHEDULER_INPUTS = (ShardStarted, ShardFinished, MachineStatus, RetryDue, CancelRun, Tick, Start)
+SCHEDULER_INPUTS = (ShardStarted, ShardFinished, MachineStatus, MachineJoined, RetryDue, CancelRun, Tick, Start)
 
 
 class Coordinator:
@@ -181,7 +182,7 @@ class Coordinator:
             self.attempts.pop((event.shard.id, event.attempt), None)
         # A MachineStatus from a producer is an observation for the scheduler; the statuses it settled
         # come back as facts, and only those reach the views.
-        if not isinstance(event, (RetryDue, CancelRun, Start, MachineStatus)):
+        if not isinstance(event, (RetryDue, CancelRun, Start, MachineStatus, MachineJoined)):
             self._publish(event)
         for fact in facts:
             if isinstance(fact, MachineStatus):
@@ -302,7 +303,10 @@ class Coordinator:
         while True:
             await asyncio.sleep(interval)
             for h in list(self.machines.values()):
-                if h.status in ("lost", "drained") or h.slots == 0:
+                if h.status == "drained":
+                    continue
+                if h.status == "lost" or h.slots == 0:
+                    self._spawn(h.rejoin())          # left out at the start, or lost: back yet?
                     continue
                 self._spawn(h.reprobe())
 

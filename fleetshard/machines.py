@@ -175,6 +175,29 @@ class MachineHandle:
             return False
         return res.exit_status == 0
 
+    async def rejoin(self) -> None:
+        """A machine left out at the start, or lost: probe it; healthy, it joins the run (MachineJoined)."""
+        if self.probing:
+            return
+        self.probing = True
+        try:
+            report = await probe(self.machine, self.transport, self.ctx.inv.health)
+        finally:
+            self.probing = False
+        if not report.healthy or self.status == "drained":
+            return
+        from .model import MachineSlots
+        from .scheduler import MachineJoined
+
+        self.health = report
+        self.slots = self.machine.slots or report.cores or 1
+        self.lost_check = None
+        self.ctx.emit(ProbeResult.of(report, self.ctx.now()))
+        self.ctx.notice(f"back: healthy again, rejoins the run with {self.slots} slot"
+                        f"{'s' if self.slots != 1 else ''}", machine=self.name)
+        self.ctx.emit(MachineJoined(MachineSlots(name=self.name, slots=self.slots, speed=self.speed),
+                                    at=self.ctx.now()))
+
     async def reprobe(self) -> None:
         """Probe again; a change between healthy and unhealthy becomes a MachineStatus."""
         if self.probing:

@@ -81,7 +81,17 @@ class CancelRun:
     at: float
 
 
-SchedulerEvent = Start | ShardRunning | ShardStarted | ShardFinished | RetryDue | MachineStatus | CancelRun | Tick
+@dataclass(frozen=True)
+class MachineJoined:
+    """A machine left out at the start, or lost during the run, answers healthy again: it takes work
+    from now on, with these slots (the shards it lost have long gone elsewhere)."""
+
+    machine: MachineSlots
+    at: float
+
+
+SchedulerEvent = (Start | ShardRunning | ShardStarted | ShardFinished | RetryDue | MachineStatus | MachineJoined
+                  | CancelRun | Tick)
 
 # --------------------------------------------------------------------------------------------- decisions
 
@@ -354,6 +364,8 @@ class Scheduler:
                 self._retry_queue.append(_Entry(due.shard.id, None, due.avoid, due.order))
         elif isinstance(event, MachineStatus):
             self._machine_status(event, out)
+        elif isinstance(event, MachineJoined):
+            self._joined(event.machine)
         elif isinstance(event, CancelRun):
             self._interrupted = True
             self._started = True                              # so that Finish comes even before Start
@@ -505,6 +517,20 @@ class Scheduler:
             self._set_machine(machine, MACHINE_ACTIVE, "")
         elif status == "healthy" and machine.health == MachineHealth.DEGRADED:
             self._set_health(machine, MachineHealth.HEALTHY, "")
+
+    def _joined(self, info: MachineSlots) -> None:
+        """A new or lost machine rejoins; a drained one stays out (it failed this run's work)."""
+        if info.slots < 1 or info.speed <= 0:
+            return
+        machine = self._machines.get(info.name)
+        if machine is None:
+            machine = self._machines[info.name] = _Machine(info, state=MACHINE_LOST, health=_HEALTH_OF[MACHINE_LOST])
+            self._fill_order.append(info.name)
+        if machine.state != MACHINE_LOST:
+            return
+        machine.info = info
+        machine.infra_failures = 0
+        self._set_machine(machine, MACHINE_ACTIVE, "")
 
     def _set_machine(self, machine: _Machine, state: str, reason: str) -> None:
         machine.state = state

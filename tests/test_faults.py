@@ -298,3 +298,46 @@ def test_ctrl_c_while_connecting(fleet: SshFleet, fleet_inventory: WriteInventor
     assert elapsed < 5, f"exit came {elapsed:.1f} s after Ctrl-C"
     assert "Traceback" not in err
     assert fleet.wait_no_processes(5) == []
+
+
+def run_in_background(inv: Path, js: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--json-report", str(js),
+                             "--no-live"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("when", ["late", "mid-run"])
+def test_sshd_down_then_back_rejoins(when: str, make_fleet: MakeFleet, suites: Any, tmp_path: Path) -> None:
+    """sshd starting late (the machine is left out at the start) or killed and restarted mid-run (the
+    machine is lost, its shards go elsewhere): re-probed every health.interval, it rejoins and takes work."""
+    f = make_fleet(n=2)
+    fs = suites(f, specs(20, 1.0))
+    inv = f.write_inventory(tmp_path / "machines.yaml", slots=1, suite=fs.suite(shards=20),
+                            health={"interval": 1})
+    js = tmp_path / "r.json"
+    if when == "late":
+        f.stop_machine("h2")
+    with run_in_background(inv, js) as proc:
+        try:
+            if when == "mid-run":
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and not f.processes("h2"):
+                    time.sleep(0.05)
+                f.stop_machine("h2")
+            else:                                          # late: until the run started without it
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not list((tmp_path / ".fleetshard").glob("runs/*/journal*")):
+                    time.sleep(0.05)
+            time.sleep(2.0)
+            f.restart_machine("h2")
+            back = time.time()
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, out + err
+    data = report(js)
+    all_passed(data, 20)
+    later = [a for a in data["attempts"] if a["machine"] == "h2" and a["started"] > back]
+    assert later and all(a["outcome"] == "passed" for a in later), data["attempts"]
+    assert {m["name"]: m["status"] for m in data["machines"]}["h2"] == "healthy"
+    assert f.wait_no_processes(5) == []
