@@ -147,7 +147,8 @@ def test_output_tail_is_bounded_and_kept_only_while_running() -> None:
         model.apply(OutputLine(machine="h1", shard_id="s001", attempt=1, line=f"line {i}\r\n", at=T0 + 1))
     assert model.tail("s001#1") == [f"line {i}" for i in range(7, 12)]
     model.apply(finish(s1, "h1", 0, 2))
-    assert model.tail("s001#1") is None                     # passed: nothing kept
+    assert model.tail("s001#1") == [f"line {i}" for i in range(7, 12)]    # kept a while for a late click
+    assert model.tail("s009#1") is None
     assert model.apply(OutputLine(machine="h1", shard_id="s001", attempt=1, line="late", at=T0 + 3)) == []
 
 

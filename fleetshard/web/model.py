@@ -51,6 +51,7 @@ MAX_FAILURES = 200        # failures shown (the report has them all)
 MAX_NOTICES = 50
 MAX_TESTS_PER_FAILURE = 50
 MAX_LINE = 2000           # characters of one output line
+RECENT_TAILS = 20         # finished attempts whose output tail is still kept (a click that comes late)
 USABLE = frozenset({"healthy", "degraded"})
 HEALTH_KEYS = ("load1", "cores", "mem_used_pct", "disk_free_pct", "latency_ms", "connect_s", "reachable",
                "healthy", "reasons")
@@ -104,6 +105,7 @@ class LiveModel:
         self._lanes: dict[str, list[str | None]] = {}          # machine -> attempt key per lane (None: free)
         self._tails: dict[str, collections.deque[str]] = {}    # running attempt -> last output lines
         self._running: set[str] = set()                        # attempt keys started, not finished
+        self._recent: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
 
     # ------------------------------------------------------------------------------------------ feeding
 
@@ -277,6 +279,10 @@ class LiveModel:
         attempt.update(end=self._rel(event.at), outcome=str(outcome), reason=event.reason,
                        exit_status=event.exit_status, signal=event.signal)
         tail = self._tails.pop(key, None)
+        if tail:
+            self._recent[key] = list(tail)
+            while len(self._recent) > RECENT_TAILS:
+                self._recent.popitem(last=False)
         self._running.discard(key)
         out: list[Delta] = [self._delta("attempt", dict(attempt), key)]
         current = self.state.get(sid)
@@ -395,10 +401,12 @@ class LiveModel:
         return bool(self.run["phase"] == "finished")
 
     def tail(self, key: str) -> list[str] | None:
-        """The output lines kept for a running attempt; a finished failure's tail; None otherwise."""
+        """The output lines kept for a running attempt, a recently finished one, or a failure; else None."""
         tail = self._tails.get(key)
         if tail is not None:
             return list(tail)
+        if key in self._recent:
+            return list(self._recent[key])
         failure = self.failures.get(key)
         return list(failure["tail"]) if failure is not None else None
 
