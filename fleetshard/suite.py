@@ -191,6 +191,8 @@ def discover(suite: Suite, base_dir: Path) -> Discovery:
             raise UsageError(f"{field_name}: `{listing_command}`: {exc}: {_tail(proc)}") from exc
         if suite.adapter.listing_failed(proc.returncode, listing):
             raise UsageError(f"{field_name}: `{listing_command}` exited with {proc.returncode}: {_tail(proc)}")
+        if listing.errors and not listing.tests:
+            listing = _relist_without_broken(suite, listing_command, proc.stdout, listing, base_dir)
         if not listing.files:
             raise UsageError(f"{field_name}: `{listing_command}` listed no tests")
         return Discovery(listing.files, listing)
@@ -202,6 +204,42 @@ def discover(suite: Suite, base_dir: Path) -> Discovery:
     if not files:
         raise UsageError(f"suite.tests: {', '.join(cfg.tests)} matched no files under {base_dir}")
     return Discovery(files)
+
+
+_REGEX_META = re.compile(r"[.*+?^${}()|\[\]\\]")      # file filters are regular expressions to the runner
+
+
+def _relist_without_broken(suite: Suite, command: str, stdout: str, listing: Listing, base_dir: Path
+                           ) -> Listing:
+    """A runner that lists nothing when one file fails to load (Playwright) is asked again for the
+    other test files by name, so that they are not lost; the broken files stay as errors."""
+    dirs = suite.adapter.test_dirs(stdout)
+    if not dirs:
+        return listing
+    broken = {p.file for p in listing.errors}
+    root = base_dir.resolve()
+    others: list[str] = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("*")):
+            if "node_modules" in path.parts or not path.is_file() or not suite.adapter.is_test_file(path.name):
+                continue
+            try:
+                rel = path.relative_to(root).as_posix()
+            except ValueError:
+                rel = str(path)
+            if rel not in broken:
+                others.append(rel)
+    if not others:
+        return listing
+    again = f"{command} " + " ".join(shlex.quote(_REGEX_META.sub(r"\\\g<0>", f)) for f in others)
+    try:
+        proc = subprocess.run(again, shell=True, cwd=base_dir, capture_output=True, text=True, timeout=600,
+                              check=False, stdin=subprocess.DEVNULL)
+        second = suite.adapter.parse_listing(proc.stdout, proc.stderr, proc.returncode, str(root))
+    except (subprocess.TimeoutExpired, ValueError):
+        return listing
+    return Listing(tests=second.tests, skipped=second.skipped, errors=(*listing.errors, *second.errors),
+                   independent=second.independent or listing.independent)
 
 
 def _tail(proc: subprocess.CompletedProcess[str]) -> str:

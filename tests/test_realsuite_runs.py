@@ -234,3 +234,30 @@ def test_todomvc_native_shards_rerun_only_the_flaky_test(fleet: SshFleet, fleet_
     assert "--shard=" not in retries[0]["command"]
     rerun = outcomes(Path(retries[0]["junit_path"]))
     assert list(rerun) == [("zz-flaky.spec.ts", "flaky once")]      # the passing tests did not run again
+
+
+BROKEN_SPEC = """\
+import { test, expect } from '@playwright/test';
+import { nothing } from './no-such-helper';
+
+test('never runs', async () => { expect(nothing).toBe(1); });
+"""
+
+
+def test_todomvc_spec_that_fails_to_load_fails_the_run_with_its_error(
+        fleet: SshFleet, fleet_inventory: WriteInventory, workspace: Path) -> None:
+    suite = copy_suite(require(playwright_suite), workspace / "pw")
+    (suite.root / "tests" / "broken.spec.ts").write_text(BROKEN_SPEC)
+    keys = {"runner": "playwright", "timeout": 300, "split_files": False,
+            "command": f"PLAYWRIGHT_JUNIT_OUTPUT_FILE={{junit}} {suite.command} --grep 'New Todo' "
+                       f"--reporter=junit {{tests}}"}
+    inv = shared_inventory(fleet_inventory, fleet, suite, keys)
+    merged = workspace / "merged.xml"
+    res = fleetshard("run", "-i", inv, "--no-live", "--junit", merged, timeout=300)
+    assert res.code == 1, res.out + res.err               # never a pass, and never dropped
+    assert "tests/broken.spec.ts" in res.out and "Cannot find module './no-such-helper'" in res.out
+    got = outcomes(merged)
+    assert got[("tests/broken.spec.ts", "(failed to load)")] == "error"
+    # the broken file ran alone: the other spec's selected tests still ran and passed
+    assert sum(1 for (cls, _), o in got.items() if cls == "demo-todo-app.spec.ts" and o == "passed") == 3, \
+        (got, res.out)

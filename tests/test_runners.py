@@ -120,7 +120,7 @@ def test_playwright_commands_and_reruns() -> None:
     assert adapter.listing_command(command).endswith("npx playwright test --project=chromium --list --reporter=json")
     listing = adapter.parse_listing(read("playwright-list-extra.json"), base_dir="/tmp/rec/pw")
     args = adapter.test_args([t.id for t in listing.tests[:2]], ".fs/tests.txt")
-    assert args.words == ("--test-list", ".fs/tests.txt")
+    assert args.words == ("--test-list", ".fs/tests.txt", "extra\\.spec\\.ts")     # its file, as a filter
     assert args.files[".fs/tests.txt"].splitlines() == [
         "[chromium] › extra.spec.ts:4:7 › extra › fails on purpose", "[chromium] › extra.spec.ts:7:7 › extra › passes"]
     ids = adapter.rerun_ids([FailedCase("extra.spec.ts", "extra › fails on purpose", None)], listing)

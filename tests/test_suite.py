@@ -145,5 +145,5 @@ def test_native_rerun_drops_the_shard_words() -> None:
     inv = shard_invocation(suite, shard=Shard(id="s002", index=2, total=3), machine="m", run_id="r", attempt=2,
                            junit="j.xml", only=["[chromium] › a.spec.ts:3:5 › t"])
     assert inv.command == ("PLAYWRIGHT_JUNIT_OUTPUT_FILE=j.xml npx playwright test --reporter=junit "
-                           "--test-list .fleetshard/r/tests-s002-2.txt")
+                           "--test-list .fleetshard/r/tests-s002-2.txt 'a\\.spec\\.ts'")
     assert inv.files == {".fleetshard/r/tests-s002-2.txt": "[chromium] › a.spec.ts:3:5 › t\n"}

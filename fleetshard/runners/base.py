@@ -125,6 +125,13 @@ class Adapter:
     def parse_listing(self, stdout: str, stderr: str = "", exit_code: int = 0, base_dir: str = ".") -> Listing:
         raise NotImplementedError(f"the {self.name} runner has no listing of its own")
 
+    def test_dirs(self, stdout: str) -> list[str]:
+        """Where the runner looks for test files (from its listing output), to list around broken ones."""
+        return []
+
+    def is_test_file(self, name: str) -> bool:
+        return False
+
     def listing_failed(self, exit_code: int, listing: Listing) -> bool:
         """True when the listing's exit code means the runner could not list at all."""
         return exit_code != 0

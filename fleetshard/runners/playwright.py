@@ -14,6 +14,8 @@ from .base import Adapter, CollectionProblem, FailedCase, Listing, TestArgs, Tes
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _OWN_FLAGS = re.compile(r"^(--list|--reporter(=.*)?|--pass-with-no-tests|--test-list(=.*)?)$")
 SEP = " › "
+_REGEX_META = re.compile(r"[.*+?^${}()|\[\]\\]")      # file filters are regular expressions to it
+_TEST_FILE = re.compile(r"\.(spec|test)\.[cm]?[jt]sx?$")
 
 
 def _rel(path: str, base_dir: str) -> str:
@@ -80,13 +82,33 @@ class PlaywrightAdapter(Adapter):
         parallel = bool((data.get("config") or {}).get("fullyParallel"))
         return Listing(tests=tuple(tests), errors=tuple(errors.values()), independent=parallel)
 
+    def test_dirs(self, stdout: str) -> list[str]:
+        start = stdout.find("{")
+        try:
+            data: dict[str, Any] = json.loads(stdout[start:]) if start >= 0 else {}
+        except json.JSONDecodeError:
+            return []
+        projects: list[Mapping[str, Any]] = list((data.get("config") or {}).get("projects") or [])
+        return list(dict.fromkeys(str(p["testDir"]) for p in projects if p.get("testDir")))
+
+    def is_test_file(self, name: str) -> bool:
+        return _TEST_FILE.search(name) is not None      # Playwright's default testMatch
+
     def listing_failed(self, exit_code: int, listing: Listing) -> bool:
         return exit_code != 0 and not listing.errors
 
     def test_args(self, ids: Sequence[str], list_file: str) -> TestArgs:
         # --test-list selects exactly these tests (a file:line on the command line may select several)
         unique = tuple(dict.fromkeys(ids))
-        return TestArgs(("--test-list", list_file), {list_file: "".join(i + "\n" for i in unique)})
+        # the files too, as filters: Playwright loads every test file before it applies --test-list, and
+        # a file that fails to load elsewhere in the suite would stop the run
+        files: dict[str, None] = {}
+        for test_id in unique:
+            rest = test_id.split(SEP, 1)[1] if test_id.startswith("[") and SEP in test_id else test_id
+            file = rest.split(SEP, 1)[0].rsplit(":", 2)[0] if ":" in rest.split(SEP, 1)[0] else ""
+            if file:
+                files.setdefault(_REGEX_META.sub(r"\\\g<0>", file), None)
+        return TestArgs(("--test-list", list_file, *files), {list_file: "".join(i + "\n" for i in unique)})
 
     def no_tests(self, exit_code: int | None, output: str) -> bool:
         return exit_code == 1 and "No tests found" in output
