@@ -4,6 +4,8 @@ remote process is left, that nothing recorded is lost, and that the run ends in 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -341,3 +343,33 @@ def test_sshd_down_then_back_rejoins(when: str, make_fleet: MakeFleet, suites: A
     assert later and all(a["outcome"] == "passed" for a in later), data["attempts"]
     assert {m["name"]: m["status"] for m in data["machines"]}["h2"] == "healthy"
     assert f.wait_no_processes(5) == []
+
+
+def test_partition_of_one_machine(tmp_path: Path) -> None:
+    """iptables DROP of one machine's address, in a network namespace of its own: the machine is lost
+    within its keepalive bound, its shards finish on the other, and once the link is back nothing of
+    the run is left there."""
+    from fleet import skip_reason
+
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    name = f"fs-part-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
+    if made.returncode != 0 or shutil.which("iptables") is None:
+        pytest.skip(f"network namespaces or iptables not permitted here: {made.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        script = Path(__file__).with_name("partition_run.py")
+        res = subprocess.run(["ip", "netns", "exec", name, sys.executable, str(script)], capture_output=True,
+                             text=True, timeout=240, check=False)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, result["out"]
+    all_passed(result["report"], 8)
+    status = {m["name"]: m["status"] for m in result["report"]["machines"]}
+    assert status["h2"] == "lost", result["out"]
+    assert result["elapsed"] < 90
+    assert result["left"] == []
