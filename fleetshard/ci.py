@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .record import RunRecord
+from .model import verdict_of
+from .record import RunRecord, machine_summaries
 from .results import FAILURES_SHOWN, failed_tests_by_shard
 
 Notify = Callable[..., None]       # notice(text, level): how a warning reaches the user
@@ -20,18 +21,17 @@ Notify = Callable[..., None]       # notice(text, level): how a warning reaches 
 
 def summary_markdown(record: RunRecord) -> str:
     c = record.counts()
-    verdict = {0: "passed", 1: "tests failed", 3: "infrastructure failure", 130: "interrupted"}.get(
-        record.exit_code, f"exit {record.exit_code}")
+    verdict = verdict_of(record.exit_code).word
     lines = [f"## fleetshard: {verdict}", "",
              f"Run `{record.run_id}`: {c['passed']} passed, {c['failed']} failed, {c['flaky']} flaky, "
              f"{c['not_run']} not run, {c['retries']} retries, in {record.duration:.0f} s "
              f"(exit {record.exit_code}).",
              "", "| machine | status | shards | passed | failed | busy |", "|---|---|---|---|---|---|"]
-    for m in record.machines:
-        mine = [a for a in record.attempts if a.machine == m.name]
-        busy = sum(a.duration for a in mine)
-        lines.append(f"| {m.name} | {m.status} | {len(mine)} | {sum(a.outcome == 'passed' for a in mine)} | "
-                     f"{sum(a.outcome == 'tests-failed' for a in mine)} | {busy:.0f} s |")
+    known = {m.name for m in record.machines}
+    for row in machine_summaries(record):
+        if row.name in known:
+            lines.append(f"| {row.name} | {row.status} | {row.shards} | {row.passed} | {row.failed} | "
+                         f"{row.busy:.0f} s |")
     failed = [s for s in record.shards if s.state != "passed"]
     named = failed_tests_by_shard(record)
     if failed:
@@ -95,8 +95,7 @@ def ci_outputs(record: RunRecord, notice: Notify) -> None:
 
 def notification(record: RunRecord) -> dict[str, Any]:
     c = record.counts()
-    verdict = {0: "passed", 1: "failed", 3: "infrastructure failure", 130: "interrupted"}.get(
-        record.exit_code, "failed")
+    verdict = verdict_of(record.exit_code).webhook
     named = failed_tests_by_shard(record)
     failures = [{"shard": s.id, "state": s.state, "reason": s.reason, "files": s.files,
                  "tests": [{"name": f.name, "message": f.message, "file": f.file, "line": f.line}

@@ -103,3 +103,28 @@ EXIT_TESTS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INFRA = 3
 EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an exit code means, in each of the places that say it."""
+
+    kind: str                         # ok | fail | infra | cancelled: the colour family in reports
+    word: str                         # the step summary's heading, `fleetshard: <word>`
+    webhook: str                      # the webhook's `verdict` field
+    description: str                  # for people: `fleetshard report`, the HTML report, the summary
+
+
+VERDICTS = {
+    EXIT_OK: Verdict("ok", "passed", "passed", "all tests passed"),
+    EXIT_TESTS_FAILED: Verdict("fail", "tests failed", "failed", "tests failed"),
+    EXIT_USAGE: Verdict("fail", "usage error", "failed", "usage or configuration error"),
+    EXIT_INFRA: Verdict("infra", "infrastructure failure", "infrastructure failure",
+                        "infrastructure failure: shards could not be run"),
+    EXIT_INTERRUPTED: Verdict("cancelled", "interrupted", "interrupted", "interrupted"),
+}
+"""The one table of verdicts."""
+
+
+def verdict_of(code: int) -> Verdict:
+    return VERDICTS.get(code, Verdict("fail", f"exit {code}", "failed", f"exit code {code}"))

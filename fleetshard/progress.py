@@ -14,7 +14,6 @@ counts, makespan, failures, shards not run, flaky shards/tests, and a verdict li
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +42,7 @@ from .events import (
     ShardStarted,
     Tick,
 )
+from .logtext import TERMINAL_TAIL_LINES, clean_line, fmt_time, local_path, tail_lines
 from .model import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -53,7 +53,7 @@ from .model import (
     Shard,
     TestFailure,
 )
-from .record import AttemptRecord, RunRecord, ShardRecord
+from .record import AttemptRecord, RunRecord, ShardRecord, machine_summaries
 from .results import FAILURES_SHOWN, attempts_by_shard, deciding_attempt, failed_tests_by_shard
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "ProgressView",
     "Renderer",
     "RunState",
+    "clean_line",
     "feed",
     "format_duration",
     "format_offset",
@@ -104,22 +105,6 @@ def format_offset(seconds: float) -> str:
 
 def _format_eta(eta: float | None) -> str:
     return "?" if eta is None else format_duration(eta)
-
-
-_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def clean_line(line: str) -> str:
-    """One output line made safe for plain text: no escape sequences, no carriage returns, no controls.
-
-    Of a line re-drawn with ``\\r`` (a progress bar), keeps what a terminal would finally show.
-    """
-    line = _ANSI_RE.sub("", line).rstrip("\r\n")
-    if "\r" in line:
-        parts = [p for p in line.split("\r") if p]
-        line = parts[-1] if parts else ""
-    return _CONTROL_RE.sub("", line.replace("\t", "    "))
 
 
 def _plural(count: int, noun: str) -> str:
@@ -750,44 +735,6 @@ def _run_started_text(event: RunStarted) -> str:
 # --------------------------------------------------------------------------------------------- summary
 
 
-@dataclass
-class MachineSummary:
-    name: str
-    slots: int
-    status: str
-    reason: str
-    shards: int = 0
-    passed: int = 0
-    failed: int = 0                   # tests failed
-    infra: int = 0                    # infra failed or timed out
-    retries: int = 0
-    busy: float = 0.0
-
-    def utilisation(self, wall: float) -> float | None:
-        capacity = self.slots * wall
-        return None if capacity <= 0 else self.busy / capacity
-
-
-def machine_summaries(record: RunRecord) -> list[MachineSummary]:
-    """Per-machine totals from ``record.attempts``, in inventory order."""
-    rows = {m.name: MachineSummary(m.name, m.slots, m.status, m.reason) for m in record.machines}
-    for attempt in record.attempts:
-        row = rows.get(attempt.machine)
-        if row is None:
-            row = rows[attempt.machine] = MachineSummary(attempt.machine, 0, "", "")
-        row.shards += 1
-        row.busy += attempt.duration
-        if attempt.attempt > 1 and not attempt.speculative:
-            row.retries += 1
-        if attempt.outcome == Outcome.PASSED:
-            row.passed += 1
-        elif attempt.outcome == Outcome.TESTS_FAILED:
-            row.failed += 1
-        elif attempt.outcome in (Outcome.INFRA_FAILED, Outcome.TIMED_OUT):
-            row.infra += 1
-    return list(rows.values())
-
-
 def _shown_attempt(shard: ShardRecord, attempts: Sequence[AttemptRecord]) -> AttemptRecord | None:
     """The attempt whose result the shard carries, else (all cancelled) its last one, for the log path."""
     return deciding_attempt(shard, attempts) or (attempts[-1] if attempts else None)
@@ -854,10 +801,14 @@ def _machine_reasons(record: RunRecord) -> list[Text]:
 
 def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[RenderableType]:
     """Everything :func:`print_summary` prints, in order, as renderables."""
+    from .results import exit_code_description
+
     out: list[RenderableType] = []
     counts = record.counts()
     if not quiet:
         out.append(Text())
+        out.append(Text(f"run {record.run_id}  {fmt_time(record.started, date=True)}  "
+                        f"{exit_code_description(record.exit_code)}"))
         if record.machines or record.attempts:
             out.append(_machine_table(record))
             out.extend(_machine_reasons(record))
@@ -894,6 +845,10 @@ def summary_renderables(record: RunRecord, *, quiet: bool = False) -> list[Rende
             out.append(line)
             for named in _failure_lines(named_tests.get(shard.id, [])):
                 out.append(Text(f"    ✗ {named}"))
+            if not quiet and attempt is not None and attempt.log_path:
+                tail = tail_lines(local_path(attempt.log_path, record), TERMINAL_TAIL_LINES)
+                for text in tail or []:
+                    out.append(Text(f"    │ {clean_line(text)}", style="dim"))
     not_run = [s for s in record.shards if s.state == "not-run"]
     if not_run:
         out.append(Text(f"not run ({len(not_run)}):", style="bold magenta"))

@@ -159,3 +159,42 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+@dataclass
+class MachineSummary:
+    name: str
+    slots: int
+    status: str
+    reason: str
+    shards: int = 0
+    passed: int = 0
+    failed: int = 0                   # tests failed
+    infra: int = 0                    # infra failed or timed out
+    retries: int = 0
+    busy: float = 0.0
+
+    def utilisation(self, wall: float) -> float | None:
+        """The one utilisation formula: busy slot-seconds over slots x wall time, at most 1."""
+        capacity = self.slots * wall
+        return None if capacity <= 0 else min(1.0, self.busy / capacity)
+
+
+def machine_summaries(record: RunRecord) -> list[MachineSummary]:
+    """Per-machine totals from ``record.attempts``, in inventory order."""
+    rows = {m.name: MachineSummary(m.name, m.slots, m.status, m.reason) for m in record.machines}
+    for attempt in record.attempts:
+        row = rows.get(attempt.machine)
+        if row is None:
+            row = rows[attempt.machine] = MachineSummary(attempt.machine, 0, "", "")
+        row.shards += 1
+        row.busy += attempt.duration
+        if attempt.attempt > 1 and not attempt.speculative:
+            row.retries += 1
+        if attempt.outcome == "passed":
+            row.passed += 1
+        elif attempt.outcome == "tests-failed":
+            row.failed += 1
+        elif attempt.outcome in ("infra-failed", "timed-out"):
+            row.infra += 1
+    return list(rows.values())

@@ -10,7 +10,6 @@ import html
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .errors import UsageError
-from .record import AttemptRecord, RunRecord, ShardRecord
-from .results import atomic_write_bytes, attempts_by_shard, deciding_attempt, exit_code_description
+from .logtext import fmt_time, local_path, tail_lines
+from .model import verdict_of
+from .record import AttemptRecord, RunRecord, ShardRecord, machine_summaries
+from .results import atomic_write_bytes, attempts_by_shard, deciding_attempt
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from .inventory import Inventory
 
 LOG_TAIL_LINES = 30
-TERMINAL_TAIL_LINES = 10
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
 
 # --- shared helpers ----------------------------------------------------------------------------------
@@ -61,10 +60,6 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
-def fmt_time(ts: float, *, date: bool = False) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
-
-
 def outcome_class(outcome: str) -> str:
     """The colour family of an attempt outcome."""
     if outcome == "passed":
@@ -76,35 +71,6 @@ def outcome_class(outcome: str) -> str:
     if outcome == "cancelled":
         return "cancelled"
     return "other"
-
-
-def _local_path(path: str, record: RunRecord) -> Path:
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute():
-        return candidate
-    if record.run_dir:
-        in_run = Path(record.run_dir).expanduser() / candidate
-        if in_run.exists():
-            return in_run
-    return Path.cwd() / candidate
-
-
-def tail_lines(path: Path, count: int) -> list[str] | None:
-    """The last ``count`` lines of a text file, ANSI escapes removed; None when it cannot be read."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 256 * 1024))
-            data = fh.read()
-    except OSError:
-        return None
-    lines = _ANSI.sub("", data.decode("utf-8", errors="replace")).replace("\r\n", "\n").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    from .transport.base import cut_line
-
-    return [cut_line(line) for line in lines[-count:]]
 
 
 @dataclass(frozen=True)
@@ -120,23 +86,12 @@ class MachineMetrics:
 
 
 def machine_metrics(record: RunRecord, speeds: Mapping[str, float] | None = None) -> list[MachineMetrics]:
-    machines = {m.name: m for m in record.machines}
-    names = list(machines) + sorted({a.machine for a in record.attempts} - set(machines))
-    window = _window(record)
-    span = window[1] - window[0]
-    result = []
-    for name in names:
-        attempts = [a for a in record.attempts if a.machine == name]
-        busy = sum(a.duration for a in attempts)
-        known = machines.get(name)
-        slots = known.slots if known else 0
-        utilisation = busy / (slots * span) if slots > 0 and span > 0 else None
-        speed = (speeds or {}).get(name) or (known.speed if known else 1.0)
-        result.append(MachineMetrics(
-            name=name, status=known.status if known else "unknown", slots=slots, attempts=len(attempts),
-            shards_passed=sum(a.outcome == "passed" for a in attempts), busy=busy,
-            utilisation=min(1.0, utilisation) if utilisation is not None else None, speed=speed))
-    return result
+    """The run summary's per-machine rows (:func:`fleetshard.record.machine_summaries`) with speeds."""
+    declared = {m.name: m.speed for m in record.machines}
+    return [MachineMetrics(name=row.name, status=row.status or "unknown", slots=row.slots, attempts=row.shards,
+                           shards_passed=row.passed, busy=row.busy, utilisation=row.utilisation(record.duration),
+                           speed=(speeds or {}).get(row.name) or declared.get(row.name, 1.0))
+            for row in machine_summaries(record)]
 
 
 def _window(record: RunRecord) -> tuple[float, float]:
@@ -147,8 +102,8 @@ def _window(record: RunRecord) -> tuple[float, float]:
 
 
 def _verdict(record: RunRecord) -> tuple[str, str]:
-    kind = {0: "ok", 1: "fail", 3: "infra", 130: "cancelled"}.get(record.exit_code, "fail")
-    return kind, exit_code_description(record.exit_code)
+    verdict = verdict_of(record.exit_code)
+    return verdict.kind, verdict.description
 
 
 def _failed_shards(record: RunRecord) -> list[tuple[ShardRecord, AttemptRecord | None]]:
@@ -293,81 +248,13 @@ def report_command(inv: Inventory, run_id: str | None, *, html: Path | None = No
         if html is not None:
             write_html(record, html, speeds=speeds)
         return 0
-    print_summary(record, console, speeds=speeds)
+    from .progress import print_summary
+
+    print_summary(console, record)            # the same summary `fleetshard run` printed
     if html is not None:
         write_html(record, html, speeds=speeds)
         console.print(f"HTML report: {html}", markup=False)
     return 0
-
-
-def print_summary(record: RunRecord, console: Console, *,
-                  speeds: Mapping[str, float] | None = None) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    kind, verdict = _verdict(record)
-    colour = {"ok": "green", "fail": "red", "infra": "yellow", "cancelled": "yellow"}[kind]
-    c = record.counts()
-    console.print(f"[bold]Run {escape(record.run_id)}[/]  {fmt_time(record.started, date=True)}  "
-                  f"[{colour} bold]{escape(verdict)}[/] (exit {record.exit_code})")
-    tests = record.tests
-    test_part = ""
-    if tests:
-        failed = sum(t.outcome in ("failed", "error") for t in tests)
-        test_part = (f"  ·  tests: {len(tests)}, {failed} failed, "
-                     f"{sum(t.outcome == 'skipped' for t in tests)} skipped, {sum(t.flaky for t in tests)} flaky")
-    console.print(f"shards: {c['shards']}, {c['passed']} passed, {c['failed']} failed, {c['not_run']} not run, "
-                  f"{c['flaky']} flaky, {c['retries']} retries{test_part}", markup=False)
-    console.print(f"duration {fmt_duration(record.duration)}  ·  makespan {fmt_duration(record.makespan)}"
-                  f" (expected {fmt_duration(record.expected_makespan)}, "
-                  f"lower bound {fmt_duration(record.lower_bound)})", markup=False)
-
-    table = Table(title="Machines", title_justify="left")
-    for column, justify in (("machine", "left"), ("status", "left"), ("slots", "right"),
-                            ("attempts", "right"), ("busy", "right"), ("utilisation", "right"),
-                            ("speed", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for m in machine_metrics(record, speeds):
-        table.add_row(escape(m.name), escape(m.status), str(m.slots or "–"), str(m.attempts),
-                      fmt_duration(m.busy), f"{m.utilisation:.0%}" if m.utilisation is not None else "–",
-                      f"{m.speed:.2f}")
-    console.print(table)
-
-    failed_tests = [t for t in tests if t.outcome in ("failed", "error")]
-    for shard, attempt in _failed_shards(record):
-        where = f" on {attempt.machine}, attempt {attempt.attempt}" if attempt else ""
-        console.print(f"[red bold]FAILED[/] {escape(shard.id)}{escape(where)}: "
-                      f"{escape(shard.reason or (attempt.outcome if attempt else ''))}")
-        mine = [t for t in failed_tests if t.shard_id == shard.id]
-        for test in mine[:FAILURES_LISTED]:
-            console.print(f"  ✗ {escape(test.label)}  {escape(test.message[:200])}")
-        if len(mine) > FAILURES_LISTED:
-            console.print(f"  +{len(mine) - FAILURES_LISTED} more")
-        if not mine and shard.files:
-            extra = len(shard.files) - FAILURES_LISTED
-            console.print(f"  files: {escape(', '.join(shard.files[:FAILURES_LISTED]))}"
-                          + (f" (+{extra} more)" if extra > 0 else ""))
-        if attempt and attempt.log_path:
-            console.print(f"  log: {attempt.log_path}", markup=False)
-            lines = tail_lines(_local_path(attempt.log_path, record), TERMINAL_TAIL_LINES)
-            if lines:
-                for line in lines:
-                    console.print(f"  │ {line}", markup=False, highlight=False)
-            elif lines is None:
-                console.print("  (log file no longer exists)", style="dim")
-    flaky = [t for t in tests if t.flaky]
-    if flaky:
-        console.print("[yellow bold]Flaky tests[/] (failed, then passed on a retry):")
-        for test in flaky:
-            console.print(f"  ~ {escape(test.label)}  "
-                          f"({escape(test.shard_id)} on {escape(test.machine)})")
-    not_run = [s for s in record.shards if s.state == "not-run"]
-    if not_run:
-        console.print("[yellow bold]Not run:[/]")
-        for shard in not_run:
-            console.print(f"  - {escape(shard.id)}: {escape(shard.reason or 'unknown reason')}")
-    for note in record.notes:
-        console.print(f"note: {note}", style="dim", markup=False)
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
@@ -562,7 +449,7 @@ def _machine_table(metrics: Sequence[MachineMetrics]) -> str:
 def _log_block(record: RunRecord, attempt: AttemptRecord, base: Path) -> str:
     if not attempt.log_path:
         return '<p class="muted">no log recorded</p>'
-    path = _local_path(attempt.log_path, record)
+    path = local_path(attempt.log_path, record)
     out = [f'<p>log: <a href="{_e(_href(path, base))}"><code>{_e(attempt.log_path)}</code></a></p>']
     lines = tail_lines(path, LOG_TAIL_LINES)
     if lines is None:
@@ -601,7 +488,7 @@ def _sections(record: RunRecord, base: Path) -> Iterable[str]:
         yield ("<section><h2>Infrastructure failures</h2><table><thead><tr><th>shard</th><th>attempt</th>"
                "<th>machine</th><th>outcome</th><th>reason</th><th>log</th></tr></thead><tbody>")
         for a in infra:
-            log = (f'<a href="{_e(_href(_local_path(a.log_path, record), base))}">log</a>'
+            log = (f'<a href="{_e(_href(local_path(a.log_path, record), base))}">log</a>'
                    if a.log_path else "")
             yield (f"<tr><td>{_e(a.shard_id)}</td><td>{a.attempt}</td><td>{_e(a.machine)}</td>"
                    f'<td><span class="tag infra">{_e(a.outcome)}</span></td><td>{_e(a.reason)}</td>'
@@ -628,7 +515,7 @@ def _sections(record: RunRecord, base: Path) -> Iterable[str]:
     if artifacts:
         yield "<section><h2>Artifacts</h2><ul>"
         for a, item in artifacts:
-            href = _href(_local_path(item, record), base)
+            href = _href(local_path(item, record), base)
             yield (f'<li>{_e(a.shard_id)} #{a.attempt} ({_e(a.machine)}): '
                    f'<a href="{_e(href)}">{_e(item)}</a></li>')
         yield "</ul></section>"

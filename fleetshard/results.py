@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .model import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, Outcome, TestFailure
+from .logtext import strip_ansi
+from .model import (
+    Outcome,
+    TestFailure,
+    verdict_of,
+)
 from .record import AttemptRecord, RunRecord, ShardRecord, TestRecord
 from .runners import Adapter, CollectionProblem, FailedCase, Listing, adapter_for
 
@@ -63,14 +68,13 @@ class MergeStats:
 # --- helpers ---------------------------------------------------------------------------------------
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _MODULE_EXT = re.compile(
     r"\.(py|ts|tsx|js|jsx|mjs|cjs|mts|cts|rb|go|java|kt|cs|php|rs|feature|robot)$", re.IGNORECASE)
 
 
 def xml_text(text: str) -> str:
     """``text`` without ANSI escapes and the characters XML 1.0 cannot carry."""
-    return _XML_INVALID.sub("", _ANSI.sub("", text))
+    return _XML_INVALID.sub("", strip_ansi(text))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -522,17 +526,8 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-_EXIT_DESCRIPTIONS = {
-    EXIT_OK: "all tests passed",
-    EXIT_TESTS_FAILED: "tests failed",
-    EXIT_USAGE: "usage or configuration error",
-    EXIT_INFRA: "infrastructure failure: shards could not be run",
-    EXIT_INTERRUPTED: "interrupted",
-}
-
-
 def exit_code_description(code: int) -> str:
-    return _EXIT_DESCRIPTIONS.get(code, f"exit code {code}")
+    return verdict_of(code).description
 
 
 # --- verdicts from tests ------------------------------------------------------------------------------

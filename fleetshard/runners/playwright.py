@@ -9,9 +9,9 @@ import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ..logtext import strip_ansi
 from .base import Adapter, CollectionProblem, FailedCase, Listing, TestArgs, TestId, strip_placeholder_words
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _OWN_FLAGS = re.compile(r"^(--list|--reporter(=.*)?|--pass-with-no-tests|--test-list(=.*)?)$")
 SEP = " › "
 _REGEX_META = re.compile(r"[.*+?^${}()|\[\]\\]")      # file filters are regular expressions to it
@@ -76,7 +76,7 @@ class PlaywrightAdapter(Adapter):
         for err in raw_errors:
             where: Mapping[str, Any] = err.get("location") or {}
             file = _rel(str(where.get("file") or ""), base_dir) or "(playwright)"
-            message = _ANSI.sub("", str(err.get("message") or "")).strip().splitlines()
+            message = strip_ansi(str(err.get("message") or "")).strip().splitlines()
             errors.setdefault(file, CollectionProblem(file, message[0] if message else "load error",
                                                       where.get("line")))
         parallel = bool((data.get("config") or {}).get("fullyParallel"))
@@ -145,7 +145,7 @@ class PlaywrightAdapter(Adapter):
 
     def first_line(self, message: str, text: str) -> str:
         # the JUnit message is only "file:line:col title"; the error is in the body
-        for line in _ANSI.sub("", text).splitlines():
+        for line in strip_ansi(text).splitlines():
             stripped = line.strip()
             if stripped.startswith(("Error:", "TimeoutError:", "Test timeout")):
                 return stripped
