@@ -326,7 +326,8 @@ def tests_from_record(record: RunRecord, adapter: Adapter | None = None, listing
                 name=case.name, classname=case.classname, file=file, time=case.time,
                 outcome=case.outcome, shard_id=result.shard.id, attempt=c.attempt.attempt,
                 machine=c.attempt.machine, flaky=case.key in result.flaky_from, message=message,
-                id=test_id or "", line=adapter.junit_line(case.line) if case.line is not None else None))
+                id=test_id or "",
+                line=adapter.junit_line(case.line) if case.line is not None else _listed_line(case, listing)))
     record.tests = tests
     return notes
 
@@ -542,6 +543,14 @@ class Verdict:
     rerun: tuple[str, ...] | None = None      # ids that rerun exactly the failures; None: the whole shard
 
 
+def _listed_line(case: ParsedCase, listing: Listing | None) -> int | None:
+    """The line the runner's listing gives a test (Playwright's JUnit has none)."""
+    if listing is None:
+        return None
+    found = listing.by_junit_key.get((case.classname, case.name))
+    return found[0].line if found and found[0].line else None
+
+
 def failures_of(cases: Sequence[ParsedCase], adapter: Adapter, listing: Listing | None) -> list[TestFailure]:
     """The failing testcases, named as the runner names them, with their first message line."""
     out = []
@@ -550,8 +559,9 @@ def failures_of(cases: Sequence[ParsedCase], adapter: Adapter, listing: Listing 
             continue
         fc = FailedCase(case.classname, case.name, case.file, case.message)
         name = adapter.test_id_of(fc, listing) or adapter.display_name(case.classname, case.name)
-        file = case.file or adapter.file_of(case.classname, case.name, listing)
-        line = adapter.junit_line(case.line) if case.line is not None else None
+        listed = adapter.file_of(case.classname, case.name, listing) if listing is not None else None
+        file = listed or case.file or adapter.file_of(case.classname, case.name, None)
+        line = adapter.junit_line(case.line) if case.line is not None else _listed_line(case, listing)
         out.append(TestFailure(name=name, message=adapter.first_line(case.message, case.text), file=file,
                                line=line))
     return out

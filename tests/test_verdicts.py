@@ -75,6 +75,16 @@ def test_failed_outside_its_tests_and_exit_code_without_junit(tmp_path: Path) ->
     assert judge(Outcome.INFRA_FAILED, "lost", None, None, ok_exit_codes={0}, adapter=PYTEST).reason == "lost"
 
 
+def test_playwright_failures_get_file_and_line_from_the_listing(tmp_path: Path) -> None:
+    adapter = adapter_for("playwright")
+    listing = adapter.parse_listing((FIX / "playwright-list-extra.json").read_text(), base_dir="/tmp/rec/pw")
+    v = judge(Outcome.TESTS_FAILED, "exit code 1", 1, str(FIX / "playwright-junit-outcomes.xml"),
+              ok_exit_codes={0}, adapter=adapter, listing=listing)
+    assert [(f.name, f.message, f.file, f.line) for f in v.failures] == [
+        ("tests/extra.spec.ts:4 › extra › fails on purpose", "Error: arithmetic", "tests/extra.spec.ts", 4)]
+    assert v.rerun == ("[chromium] › extra.spec.ts:4:7 › extra › fails on purpose",)
+
+
 def test_a_spec_that_fails_to_load_becomes_a_failing_testcase(tmp_path: Path) -> None:
     adapter = adapter_for("playwright")
     listing = adapter.parse_listing((FIX / "playwright-list-load-error.json").read_text(), exit_code=1,
