@@ -207,3 +207,22 @@ def test_cancelling_attempt_1_does_not_kill_attempt_10(tmp_path: Path) -> None:
 
     first, tenth = asyncio.run(go())
     assert first.exit_status != 0 and tenth == ProcessResult(0)
+
+
+def test_a_line_is_delivered_without_waiting_for_the_next_output() -> None:
+    """A line's newline may begin the exit marker, yet the line reaches the view at once."""
+    seen: list[str] = []
+
+    async def go() -> None:
+        parser = OutputParser(seen.append, "c0ffee")
+        parser.feed_bytes(b"__fleetshard_pgid__ c0ffee 5\nstart\n")
+        await asyncio.sleep(0.3)
+        assert seen == ["start"]
+        parser.feed_bytes(b"mid\n")
+        await asyncio.sleep(0.3)
+        assert seen == ["start", "mid"]
+        parser.feed_bytes(b"__fleetshard_exit__ c0ffee 0\n")
+        parser.close()
+        assert parser.exit_status == 0 and seen == ["start", "mid"]
+
+    asyncio.run(go())

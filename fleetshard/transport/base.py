@@ -112,6 +112,7 @@ def as_sink(target: OutputTarget) -> OutputSink:
     return Lines(target)
 
 
+NEWLINE_RELEASE = 0.05      # seconds a line's newline waits for the rest of a possible exit marker
 _PGID_LINE = re.compile(rb"(?:^|\n)(__fleetshard_(pgid|nodir)__ ([0-9a-f]+)(?: ([0-9]+))?)\n")
 
 
@@ -136,6 +137,8 @@ class OutputParser:
         self.sink_error: str | None = None
         self._exit_prefix = f"\n{EXIT_MARKER} {token} ".encode()
         self._held = b""
+        self._held_sent = 0          # bytes of _held already delivered (a newline released by the timer)
+        self._release: asyncio.TimerHandle | None = None
         self._preamble = True
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
@@ -153,14 +156,17 @@ class OutputParser:
 
     # -- parsing ----------------------------------------------------------------------------------
     def feed_bytes(self, chunk: bytes) -> None:
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
         data = self._held + chunk
-        self._held = b""
+        sent, self._held, self._held_sent = self._held_sent, b"", 0
         if self._preamble:
             data = self._scan_preamble(data)
             if self._preamble:
                 return
         if self.exited.is_set():
-            self._deliver(data)
+            self._deliver(data[sent:])
             return
         prefix = self._exit_prefix
         start = 0
@@ -171,14 +177,14 @@ class OutputParser:
             j = data.find(b"\n", i + len(prefix))
             if j < 0:
                 if len(data) - i - len(prefix) <= 4:    # the rest of a marker line may follow
-                    self._deliver(data[:i])
-                    self._held = data[i:]
+                    self._deliver(data[sent:i])
+                    self._held, self._held_sent = data[i:], max(0, sent - i)
                     return
                 start = i + 1
                 continue
             status = data[i + len(prefix):j]
             if status.isdigit() and len(status) <= 3:
-                self._deliver(data[:i])
+                self._deliver(data[sent:i])
                 self.exit_status = int(status)
                 self.exited.set()
                 self._deliver(data[j + 1:])
@@ -189,10 +195,28 @@ class OutputParser:
         if k >= 0 and len(data) - k <= len(prefix) + 4:
             tail = data[k:]
             if prefix.startswith(tail) or tail.startswith(prefix):
-                self._deliver(data[:k])
-                self._held = tail
+                self._deliver(data[sent:k])
+                self._held, self._held_sent = tail, max(0, sent - k)
+                if tail == b"\n" and not self._held_sent:
+                    self._release_later()
                 return
-        self._deliver(data)
+        self._deliver(data[sent:])
+
+    def _release_later(self) -> None:
+        """A held newline usually ends a line of output: deliver it if no read follows at once, so a
+        line is never kept back until the command prints the next one. It stays held for matching: if
+        it was the marker's own newline after all, it only ended the command's last line early."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:                       # fed outside an event loop (tests): wait for more
+            return
+        self._release = loop.call_later(NEWLINE_RELEASE, self._release_newline)
+
+    def _release_newline(self) -> None:
+        self._release = None
+        if self._held == b"\n" and not self._held_sent:
+            self._deliver(self._held)
+            self._held_sent = 1
 
     def _scan_preamble(self, data: bytes) -> bytes:
         """Before the command starts: the process-group line (or the missing-workdir line)."""
@@ -232,10 +256,13 @@ class OutputParser:
 
     def close(self) -> None:
         """The output ended: deliver what was held back, end the last line."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
         if self._held:
-            held, self._held = self._held, b""
+            held, sent, self._held, self._held_sent = self._held, self._held_sent, b"", 0
             self._preamble = False
-            self._deliver(held)
+            self._deliver(held[sent:])
         self._deliver(b"", final=True)
         flush = getattr(self.sink, "flush", None)
         if flush is not None and self.sink_error is None:
