@@ -12,6 +12,7 @@ from typing import Any
 from .errors import ConnectError
 from .inventory import HealthThresholds, Machine
 from .transport import Transport
+from .transport.handshake import handshake_slot
 
 CONNECT_SLACK = 1.0     # seconds past a phase's own bound before the probe stops waiting for it
 
@@ -166,7 +167,8 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
     connect_limit = machine.connect_timeout + CONNECT_SLACK
     phase = "connect"
     try:
-        connect_s = await asyncio.wait_for(transport.connect(), connect_limit)
+        async with handshake_slot():            # the connect bound starts once a handshake may begin
+            connect_s = await asyncio.wait_for(transport.connect(), connect_limit)
         phase = "probe"
         probe_started = time.perf_counter()
         env = {"FLEETSHARD_PROBE_DIR": machine.workdir or "~", "FLEETSHARD_MACHINE": machine.name}

@@ -37,6 +37,7 @@ from .base import (
     settle,
     shell_wrapper,
 )
+from .handshake import handshake_slot
 
 _T = TypeVar("_T")
 
@@ -371,26 +372,27 @@ class SshTransport:
         """Connect, retrying refused, reset and timed-out attempts with tenacity's exponential backoff
         until ``budget`` seconds (the machine's connect_timeout) are spent: an sshd that restarts or
         starts a moment late is reached. Refused keys and authentication are never retried."""
-        import tenacity
+        async with handshake_slot():                # the budget starts once a handshake may begin
+            import tenacity
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        backoff = tenacity.wait_exponential(multiplier=CONNECT_BACKOFF, max=CONNECT_BACKOFF_MAX)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + budget
+            backoff = tenacity.wait_exponential(multiplier=CONNECT_BACKOFF, max=CONNECT_BACKOFF_MAX)
 
-        def wait(state: tenacity.RetryCallState) -> float:
-            # never sleep past the budget: the last try starts inside it, and its own error is the reason
-            return max(0.0, min(backoff(state), deadline - CONNECT_BACKOFF - loop.time()))
+            def wait(state: tenacity.RetryCallState) -> float:
+                # never sleep past the budget: the last try starts inside it, and its own error is the reason
+                return max(0.0, min(backoff(state), deadline - CONNECT_BACKOFF - loop.time()))
 
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(_transient),
-            wait=wait,
-            stop=lambda state: loop.time() + CONNECT_BACKOFF >= deadline,
-            reraise=True)
-        async for attempt in retrying:
-            with attempt:
-                remaining = max(deadline - loop.time(), CONNECT_BACKOFF)
-                return await self._open(hop, remaining, tunnel, proxy_command, budget=budget)
-        raise AssertionError("unreachable")  # pragma: no cover
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception(_transient),
+                wait=wait,
+                stop=lambda state: loop.time() + CONNECT_BACKOFF >= deadline,
+                reraise=True)
+            async for attempt in retrying:
+                with attempt:
+                    remaining = max(deadline - loop.time(), CONNECT_BACKOFF)
+                    return await self._open(hop, remaining, tunnel, proxy_command, budget=budget)
+            raise AssertionError("unreachable")  # pragma: no cover
 
     def _host_key_error(self, client: _Client, host: str, port: int, known_hosts: Path) -> HostKeyError:
         pattern = _known_host_pattern(host, port)
