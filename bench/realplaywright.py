@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     local_shards(f"{n} local playwright --shard processes at once", n)
     local_shards("1 local playwright process", 1)
 
+    # The fleet's login user runs the fleetshard rows: a copy of its own, without the local runs' root-owned
+    # test-results.
+    project = copy_suite(suite, base / "fleet-project").root
+    (project / "playwright.reuse.config.ts").write_text(reuse.read_text())
+    (project / "playwright.reuse.config.ts").chmod(0o666)
     with fleet(n) as f:
         ports = {m: {"env": {"TODOMVC_PORT": str(free_port())}} for m in f.names}
 
