@@ -40,7 +40,7 @@ if [ -n "${FLEETSHARD_CALIBRATE:-}" ]; then
   b=; r=0
   while [ $r -lt 3 ]; do
     s=$(date +%s%N 2>/dev/null); i=0
-    while [ $i -lt 10000 ]; do i=$((i+1)); done
+    while [ $i -lt 4000 ]; do i=$((i+1)); done
     e=$(date +%s%N 2>/dev/null)
     case "$s$e" in *N*|"") ;; *) t=$((e - s)); if [ -z "$b" ] || [ $t -lt $b ]; then b=$t; fi;; esac
     r=$((r+1))

@@ -84,7 +84,10 @@ def test_reprobe_drains_an_unhealthy_machine_and_it_rejoins(fleet: SshFleet, fle
     js = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--json-report", str(js)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    deadline = time.monotonic() + 30              # h2 has started shards (a busy machine starts slowly)
+    while not fleet.processes("h2") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
     flag = flag_dir / "h2"
     flag.write_text("maintenance\n")
     down_at = time.time()
