@@ -15,7 +15,7 @@ import codecs
 import re
 import secrets
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -271,6 +271,19 @@ class OutputParser:
             except Exception as exc:
                 self.sink_error = f"output not kept after {type(exc).__name__}: {exc}"
         self.pgid_seen.set()
+
+
+async def pump(read: Callable[[int], Awaitable[bytes]], parser: OutputParser) -> None:
+    """Read a process's output by chunks into ``parser`` until it ends (a line may be longer than any
+    buffer), then close the parser, whatever the reading raised."""
+    try:
+        while True:
+            data = await read(CHUNK)
+            if not data:
+                break
+            parser.feed_bytes(data)
+    finally:
+        parser.close()
 
 
 async def settle(reader: asyncio.Task[None], parser: OutputParser, kill_leftovers: Callable[[], object]) -> None:

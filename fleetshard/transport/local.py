@@ -12,13 +12,13 @@ from pathlib import Path
 
 from ..inventory import Machine
 from .base import (
-    CHUNK,
     SIGNAL_WAIT,
     OutputParser,
     OutputTarget,
     ProcessResult,
     kill_script,
     new_token,
+    pump,
     settle,
     shell_wrapper,
 )
@@ -37,14 +37,7 @@ class LocalProcess:
 
     async def _read(self) -> None:
         assert self._proc.stdout is not None
-        try:
-            while True:                           # by chunks: a line may be longer than any buffer limit
-                data = await self._proc.stdout.read(CHUNK)
-                if not data:
-                    break
-                self._parser.feed_bytes(data)
-        finally:
-            self._parser.close()
+        await pump(self._proc.stdout.read, self._parser)
 
     async def wait(self) -> ProcessResult:
         try:

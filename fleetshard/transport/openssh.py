@@ -33,13 +33,13 @@ from pathlib import Path
 from ..errors import AuthError, ConnectError, HostKeyError
 from ..inventory import Machine
 from .base import (
-    CHUNK,
     SIGNAL_WAIT,
     OutputParser,
     OutputTarget,
     ProcessResult,
     kill_script,
     new_token,
+    pump,
     settle,
     shell_wrapper,
 )
@@ -97,14 +97,7 @@ class OpenSshProcess:
 
     async def _read(self) -> None:
         assert self._proc.stdout is not None
-        try:
-            while True:
-                data = await self._proc.stdout.read(CHUNK)
-                if not data:
-                    break
-                self._parser.feed_bytes(data)
-        finally:
-            self._parser.close()
+        await pump(self._proc.stdout.read, self._parser)
 
     async def wait(self) -> ProcessResult:
         try:

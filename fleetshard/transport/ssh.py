@@ -27,13 +27,13 @@ import asyncssh
 from ..errors import AuthError, ConnectError, HostKeyError
 from ..inventory import JumpHost, Machine
 from .base import (
-    CHUNK,
     SIGNAL_WAIT,
     OutputParser,
     OutputTarget,
     ProcessResult,
     kill_script,
     new_token,
+    pump,
     settle,
     shell_wrapper,
 )
@@ -173,15 +173,9 @@ class SshProcess:
     async def _read(self) -> None:
         """Read the channel to its end, whatever the sinks do (OutputParser keeps their failures)."""
         try:
-            while True:
-                data = await self._proc.stdout.read(CHUNK)
-                if not data:
-                    break
-                self._parser.feed_bytes(data)
+            await pump(self._proc.stdout.read, self._parser)
         except (asyncssh.Error, OSError) as exc:
             self._error = f"connection lost: {_reason(exc)}"
-        finally:
-            self._parser.close()
 
     async def wait(self) -> ProcessResult:
         try:
