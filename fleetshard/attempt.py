@@ -27,6 +27,10 @@ from .transport.base import ProcessResult
 DOWNLOAD_TIMEOUT = 300.0   # seconds a JUnit download may take before the machine is checked for life
 
 
+class _Cut(Exception):
+    """A JUnit download given up because the attempt was cancelled."""
+
+
 class _NotStarted(Exception):
     """The attempt was cancelled before its process started."""
 
@@ -240,7 +244,12 @@ class Attempt:
         full = remote if remote.startswith(("/", "~")) else f"{h.workdir}/{remote}"
         local = ctx.run_dir / "junit" / f"{shard.id}-{attempt}.xml"
         try:
-            found = await asyncio.wait_for(h.transport.get_file(full, str(local)), DOWNLOAD_TIMEOUT)
+            found = await self._download(h.transport.get_file(full, str(local)))
+        except _Cut:
+            local.unlink(missing_ok=True)
+            ctx.note(f"{shard.id} attempt {attempt}: JUnit download from {h.name} cut short "
+                     f"({self.cancel_reason}): the verdict comes from the exit code")
+            return None
         except (ConnectError, OSError, TimeoutError) as exc:
             why = str(exc) or f"no answer in {DOWNLOAD_TIMEOUT:g} s"
             ctx.note(f"{shard.id} attempt {attempt}: JUnit not collected from {h.name}: {why}")
@@ -254,6 +263,28 @@ class Attempt:
             ctx.note(f"shard {shard.id} attempt {attempt} produced no JUnit XML at {full} on {h.name}")
             return None
         return str(local)
+
+    async def _download(self, fetch: Awaitable[bool]) -> bool:
+        """``fetch`` within DOWNLOAD_TIMEOUT; once the attempt is cancelled (Ctrl-C), within the kill
+        grace period, and at once after a second Ctrl-C: a download over a slow link never holds the
+        run's end. Raises _Cut when it was given up."""
+        download = asyncio.ensure_future(asyncio.wait_for(fetch, DOWNLOAD_TIMEOUT))
+        cancelled = asyncio.ensure_future(self.cancelled.wait())
+        try:
+            await asyncio.wait([download, cancelled], return_when=asyncio.FIRST_COMPLETED)
+            if not download.done():
+                loop = asyncio.get_running_loop()
+                cut_at = loop.time() + self.ctx.kill_grace
+                while not download.done() and not self.ctx.hurry and loop.time() < cut_at:
+                    await asyncio.wait([download], timeout=min(0.1, max(0.0, cut_at - loop.time())))
+            if not download.done():
+                raise _Cut
+            return download.result()
+        finally:
+            cancelled.cancel()
+            if not download.done():
+                download.cancel()     # an SFTP transfer may wait on its requests in flight: not for long
+                await asyncio.wait([download], timeout=1.0)
 
     async def signal(self, sig: str) -> None:
         pgids = [self.proc.pgid] if self.proc is not None and self.proc.pgid is not None else []

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from clihelp import fleetshard
+from delayproxy import DelayProxy
 from fakesuite import FakeSuite, specs
 from fleet import MakeFleet, SshFleet, WriteInventory
 
@@ -373,3 +374,92 @@ def test_partition_of_one_machine(tmp_path: Path) -> None:
     assert status["h2"] == "lost", result["out"]
     assert result["elapsed"] < 90
     assert result["left"] == []
+
+
+def through_proxy(fleet: SshFleet, name: str, proxy: DelayProxy, tmp_path: Path) -> dict[str, Any]:
+    """Inventory keys pointing machine ``name`` at ``proxy``, with a known_hosts line for the proxy's
+    [address]:port carrying that machine's host key (what a port forward looks like to ssh)."""
+    known = tmp_path / f"known_hosts-{name}-proxy"
+    known.write_text(f"[{proxy.listen}]:{proxy.port} {fleet.machine(name).host_pubkey}\n")
+    return {"host": proxy.listen, "port": proxy.port, "known_hosts": str(known), "connect_timeout": 20}
+
+
+def test_a_slow_lossy_link(fleet: SshFleet, fleet_inventory: WriteInventory, suites: Any, tmp_path: Path) -> None:
+    """One machine behind 100-300 ms per chunk and one-second stalls (loss, as TCP shows it): the run's
+    verdict is right, every shard passes once, nothing is left running, in bounded time."""
+    fs = suites(fleet, specs(8, 0.3))
+    h1 = fleet.machine("h1")
+    with DelayProxy((h1.address, h1.port), listen="127.0.0.241", stall_p=0.05, stall=1.0) as proxy:
+        inv = fleet_inventory(machines=["h1", "h2"], suite=fs.suite(shards=4),
+                              extra_machine_keys={"h1": through_proxy(fleet, "h1", proxy, tmp_path)},
+                              health={"timeout": 20})
+        js = tmp_path / "r.json"
+        start = time.monotonic()
+        res = fleetshard("run", "-i", inv, "--json-report", js, "--no-live", timeout=60)
+        elapsed = time.monotonic() - start
+        stats = proxy.stats
+    assert res.code == 0, res.out + res.err
+    data = report(js)
+    all_passed(data, 4)
+    assert [a["outcome"] for a in data["attempts"]] == ["passed"] * 4, data["attempts"]
+    assert {a["machine"] for a in data["attempts"]} == {"h1", "h2"}, data["attempts"]
+    assert sorted(f for s in data["shards"] for f in s["files"]) == sorted(specs(8))
+    assert not any("JUnit not collected" in n for n in data["notes"]), data["notes"]
+    assert stats.connections >= 1 and stats.stalls >= 1, stats
+    assert fleet.wait_no_processes(5) == []
+    assert elapsed < 45, f"the run took {elapsed:.1f} s"
+
+
+BIG_JUNIT = ('j={junit}; mkdir -p "$(dirname "$j")"; '
+             '{ echo \'<testsuite name="big" tests="1"><testcase classname="big" name="t"/>\'; '
+             "head -c 6000000 /dev/zero | tr '\\000' ' '; echo '</testsuite>'; } > \"$j\"")
+
+
+def downloading(tmp_path: Path) -> bool:
+    """A JUnit file is arriving: the shards are done, their XML is on its way over the slow link."""
+    return any(p.stat().st_size > 0 for p in (tmp_path / ".fleetshard" / "runs").glob("*/junit/*.xml"))
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_the_junit_download(presses: int, fleet: SshFleet, fleet_inventory: WriteInventory,
+                                          tmp_path: Path) -> None:
+    """Ctrl-C while large JUnit files come over a slow link: exit 130 within a few seconds, nothing
+    left running, the run recorded. One Ctrl-C lets the downloads go on for the kill grace period, a
+    second cuts them at once."""
+    grace = 60 if presses == 2 else 2
+    h1 = fleet.machine("h1")
+    with DelayProxy((h1.address, h1.port), listen="127.0.0.242", delay=(0.05, 0.1), chunk=16384) as proxy:
+        inv = fleet_inventory(machines=["h1"], suite={"command": BIG_JUNIT, "shards": 2, "timeout": 60,
+                                                                 "kill_grace": grace},
+                              extra_machine_keys={"h1": through_proxy(fleet, "h1", proxy, tmp_path)},
+                              health={"timeout": 20})
+        with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                deadline = time.monotonic() + 30
+                while not downloading(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
+                    time.sleep(0.05)
+                assert downloading(tmp_path), "the JUnit download never started"
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGINT)
+                if presses == 2:
+                    time.sleep(0.5)
+                    proc.send_signal(signal.SIGINT)
+                last = time.monotonic()
+                out, err = proc.communicate(timeout=30)
+                elapsed = time.monotonic() - last
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    assert proc.returncode == 130, out + err
+    bound = 5 if presses == 2 else grace + 5
+    assert elapsed < bound, f"exit came {elapsed:.1f} s after the last Ctrl-C"
+    assert "Traceback" not in err and "internal error" not in out + err, out + err
+    assert "JUnit download from h1 cut short (interrupted)" in out + err, out + err
+    assert fleet.wait_no_processes(5) == []
+    reports = list((tmp_path / ".fleetshard" / "runs").glob("*/report.json"))
+    assert len(reports) == 1
+    run_id = report(reports[0])["run_id"]
+    hist = fleetshard("history", "-i", inv, "--json")
+    runs = {r["id"]: r for r in json.loads(hist.out)}
+    assert runs[run_id]["exit_code"] == 130, hist.out

@@ -612,12 +612,32 @@ class SshTransport:
 
     async def get_file(self, remote: str, local: str) -> bool:
         sftp = await self._sftp()
+        carrier = self._sftp_conn
         Path(local).parent.mkdir(parents=True, exist_ok=True)
+        copy = asyncio.ensure_future(sftp.get(_sftp_path(remote), local))
         try:
-            await sftp.get(_sftp_path(remote), local)
+            await asyncio.shield(copy)
         except asyncssh.SFTPNoSuchFile:
             return False
+        except asyncio.CancelledError:
+            if not copy.done():
+                self._cut_transfer(carrier, copy)
+            raise
         return True
+
+    def _cut_transfer(self, carrier: _Connection | None, copy: asyncio.Future[Any]) -> None:
+        """A transfer given up midway (Ctrl-C, a download timeout). Cancelling the copy alone would
+        wait for the replies to all its requests in flight, and on a slow link anything sent on that
+        connection afterwards (the end-of-run sweep) would queue behind them: the connection carrying
+        it is aborted instead; the next channel opens a fresh one."""
+        copy.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if carrier is None:
+            copy.cancel()
+            return
+        if carrier is self._sftp_conn:
+            self._drop_sftp()
+        carrier.lost_reason = "a file transfer was cut short"
+        carrier.conn.abort()
 
     async def put_file(self, local: str, remote: str) -> None:
         sftp = await self._sftp()
