@@ -428,7 +428,7 @@ def test_ctrl_c_during_the_junit_download(presses: int, fleet: SshFleet, fleet_i
     second cuts them at once."""
     grace = 60 if presses == 2 else 2
     h1 = fleet.machine("h1")
-    with DelayProxy((h1.address, h1.port), listen="127.0.0.242", delay=(0.05, 0.1), chunk=16384) as proxy:
+    with DelayProxy((h1.address, h1.port), listen="127.0.0.242", delay=(0.02, 0.05), chunk=16384) as proxy:
         inv = fleet_inventory(machines=["h1"], suite={"command": BIG_JUNIT, "shards": 2, "timeout": 60,
                                                                  "kill_grace": grace},
                               extra_machine_keys={"h1": through_proxy(fleet, "h1", proxy, tmp_path)},
