@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +230,32 @@ def test_a_teardown_that_times_out_is_killed(fleet: SshFleet, fleet_inventory: W
     assert fleet.wait_no_processes(5) == []
 
 
+def interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str, presses: int,
+                   grace: float) -> tuple[str, str]:
+    """Once ``ready()`` (within 30 s), Ctrl-C the run once or twice; exit 130 must follow within the kill
+    grace period and 5 s after one press, within 5 s after two. Returns its stdout and stderr."""
+    try:
+        deadline = time.monotonic() + 30
+        while not ready() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready(), f"{what} never started"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        if presses == 2:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+        last = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - last
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    bound = 5 if presses == 2 else grace + 5
+    assert elapsed < bound, f"exit came {elapsed:.1f} s after the last Ctrl-C"
+    return out, err
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 @pytest.mark.parametrize("phase", ["setup", "running", "teardown"])
 def test_ctrl_c_in_every_phase(phase: str, presses: int, fleet: SshFleet, fleet_inventory: WriteInventory,
@@ -253,25 +279,7 @@ def test_ctrl_c_in_every_phase(phase: str, presses: int, fleet: SshFleet, fleet_
     inv = fleet_inventory(machines=["h1", "h2"], suite=suite)
     with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            deadline = time.monotonic() + 30
-            while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)
-            assert flag.exists(), f"the {phase} never started"
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)
-            if presses == 2:
-                time.sleep(0.5)
-                proc.send_signal(signal.SIGINT)
-            last = time.monotonic()
-            out, err = proc.communicate(timeout=30)
-            elapsed = time.monotonic() - last
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == 130, out + err
-    bound = 5 if presses == 2 else grace + 5
-    assert elapsed < bound, f"exit came {elapsed:.1f} s after the last Ctrl-C"
+        interrupt_when(proc, flag.exists, f"the {phase}", presses, grace)
     assert fleet.wait_no_processes(5) == []
     assert list((tmp_path / ".fleetshard" / "runs").glob("*/report.json"))
 
@@ -435,25 +443,7 @@ def test_ctrl_c_during_the_junit_download(presses: int, fleet: SshFleet, fleet_i
                               health={"timeout": 20})
         with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-            try:
-                deadline = time.monotonic() + 30
-                while not downloading(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
-                    time.sleep(0.05)
-                assert downloading(tmp_path), "the JUnit download never started"
-                time.sleep(0.3)
-                proc.send_signal(signal.SIGINT)
-                if presses == 2:
-                    time.sleep(0.5)
-                    proc.send_signal(signal.SIGINT)
-                last = time.monotonic()
-                out, err = proc.communicate(timeout=30)
-                elapsed = time.monotonic() - last
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-    assert proc.returncode == 130, out + err
-    bound = 5 if presses == 2 else grace + 5
-    assert elapsed < bound, f"exit came {elapsed:.1f} s after the last Ctrl-C"
+            out, err = interrupt_when(proc, lambda: downloading(tmp_path), "the JUnit download", presses, grace)
     assert "Traceback" not in err and "internal error" not in out + err, out + err
     assert "JUnit download from h1 cut short (interrupted)" in out + err, out + err
     assert fleet.wait_no_processes(5) == []
