@@ -385,10 +385,17 @@ def kill_script(pgids: Sequence[int], signal: str, *, markers: Sequence[str] = (
 
 
 class RemoteProcess(Protocol):
-    """A running shard. Output arrives through the ``on_line`` handler given to ``start``."""
+    """A running shard. Output arrives through the ``on_line`` handler given to ``start``.
+
+    Started with ``stdin=True``, ``write`` sends text to the command's stdin and ``close_stdin`` ends it;
+    otherwise stdin belongs to the wrapper's watcher and both do nothing."""
 
     @property
     def pgid(self) -> int | None: ...
+
+    def write(self, text: str) -> None: ...
+
+    def close_stdin(self) -> None: ...
 
     async def wait(self) -> ProcessResult: ...
 
@@ -405,9 +412,12 @@ class Transport(Protocol):
         ...
 
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: OutputTarget) -> RemoteProcess:
+                    on_line: OutputTarget, stdin: bool = False) -> RemoteProcess:
         """Start ``command`` (a shell line) in its own process group; its output goes to ``on_line``
-        (an OutputSink, or a callable that gets it line by line, cut at LINE_LIMIT)."""
+        (an OutputSink, or a callable that gets it line by line, cut at LINE_LIMIT).
+
+        ``stdin=True``: the command reads the channel's stdin (see RemoteProcess.write) and has no
+        watcher: it must end its own group when its stdin closes (the warm pytest worker does)."""
         ...
 
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,

@@ -74,6 +74,8 @@ class FakeProcess:
         self.cwd = cwd
         self.b = behaviour
         self.output: list[str] = []
+        self.stdin: list[str] = []
+        self.stdin_closed = False
         self._sink = as_sink(on_line) if on_line is not None else None
         self._signalled: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         machine.running.add(self)
@@ -115,6 +117,12 @@ class FakeProcess:
     async def signal_group(self, signal: str) -> None:
         self.signal(signal)
 
+    def write(self, text: str) -> None:
+        self.stdin.append(text)
+
+    def close_stdin(self) -> None:
+        self.stdin_closed = True
+
 
 class FakeTransport:
     """One fake machine, with the :class:`~fleetshard.transport.base.Transport` interface."""
@@ -132,7 +140,7 @@ class FakeTransport:
         return 0.0
 
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: OutputTarget) -> FakeProcess:
+                    on_line: OutputTarget, stdin: bool = False) -> FakeProcess:
         await self.connect()
         b = self.fake.behaviour(command)
         self.fake.commands.append(command)

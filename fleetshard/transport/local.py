@@ -55,6 +55,13 @@ class LocalProcess:
             fallback = ProcessResult(status)
         return self._parser.result(fallback)
 
+    def write(self, text: str) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
+            self._proc.stdin.write(text.encode())
+
+    def close_stdin(self) -> None:
+        self._close_stdin()
+
     def _close_stdin(self) -> None:
         """The session's end, as the wrapper's watcher sees it: it kills what is left of the group."""
         if self._proc.stdin is not None and not self._proc.stdin.is_closing():
@@ -91,9 +98,9 @@ class LocalTransport:
             start_new_session=True)
 
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: OutputTarget) -> LocalProcess:
+                    on_line: OutputTarget, stdin: bool = False) -> LocalProcess:
         token = new_token()
-        proc = await self._spawn(command, cwd, env, token=token, watch=True)
+        proc = await self._spawn(command, cwd, env, token=token, stdin=stdin, watch=not stdin)
         return LocalProcess(proc, on_line, token)
 
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,

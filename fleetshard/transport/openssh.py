@@ -119,6 +119,13 @@ class OpenSshProcess:
             fallback = ProcessResult(status)
         return self._parser.result(fallback)
 
+    def write(self, text: str) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
+            self._proc.stdin.write(text.encode())
+
+    def close_stdin(self) -> None:
+        self._close_stdin()
+
     def _close_stdin(self) -> None:
         """The session's end, as the remote wrapper's watcher sees it."""
         if self._proc.stdin is not None and not self._proc.stdin.is_closing():
@@ -333,10 +340,10 @@ class OpenSshTransport:
 
     # -- running ------------------------------------------------------------------------------
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: OutputTarget) -> OpenSshProcess:
+                    on_line: OutputTarget, stdin: bool = False) -> OpenSshProcess:
         await self._ensure()
         token = new_token()
-        argv = self._ssh(shell_wrapper(command, cwd=cwd, env=env, token=token, watch=True))
+        argv = self._ssh(shell_wrapper(command, cwd=cwd, env=env, token=token, watch=not stdin))
         # stdin stays open and unwritten: the wrapper's watcher ends the shard when it closes.
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

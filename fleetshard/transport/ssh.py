@@ -170,6 +170,14 @@ class SshProcess:
     def pgid(self) -> int | None:
         return self._parser.pgid
 
+    def write(self, text: str) -> None:
+        if not self._proc.is_closing():
+            self._proc.stdin.write(text.encode())
+
+    def close_stdin(self) -> None:
+        if not self._proc.is_closing():
+            self._proc.stdin.write_eof()
+
     async def _read(self) -> None:
         """Read the channel to its end, whatever the sinks do (OutputParser keeps their failures)."""
         try:
@@ -507,9 +515,9 @@ class SshTransport:
 
     # -- running ------------------------------------------------------------------------------
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: OutputTarget) -> SshProcess:
+                    on_line: OutputTarget, stdin: bool = False) -> SshProcess:
         token = new_token()
-        script = _sh(shell_wrapper(command, cwd=cwd, env=env, token=token, watch=True))
+        script = _sh(shell_wrapper(command, cwd=cwd, env=env, token=token, watch=not stdin))
         try:
             # stdin stays open and unwritten: the wrapper's watcher ends the shard when it closes.
             c, proc = await self._channel(lambda conn: conn.create_process(
