@@ -409,6 +409,9 @@ def main() -> None:
     except ImportError:                     # pragma: no cover - older typer on click
         from click import exceptions as click_exc  # type: ignore[no-redef]
 
+    from .quickparams import install
+
+    install()                               # plain option values need no pydantic (typer >= 0.2x)
     command = typer.main.get_command(app)
     try:
         code = command.main(prog_name="fleetshard", standalone_mode=False)
