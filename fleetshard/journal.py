@@ -33,6 +33,7 @@ from .record import AttemptRecord, MachineRecord, RunRecord, ShardRecord
 JOURNAL = "journal.jsonl"
 INTERRUPTED = "interrupted: the coordinator stopped before the run ended"
 RECENT_RUNS = 50           # run directories looked at for interrupted runs, newest first
+TAIL_BYTES = 4096          # bytes at the end of a journal looked through for its end entry
 
 
 class Journal:
@@ -138,6 +139,28 @@ def _alive(path: Path) -> bool:
     return False
 
 
+def _ended(path: Path) -> bool:
+    """Did the run end? Its ``end`` entry is its last line (only interrupted runs get lines after the
+    last one written by their coordinator): the file's tail says, without reading a long journal."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - TAIL_BYTES))
+            tail = fh.read()
+    except OSError:
+        return False
+    for line in reversed(tail.splitlines()):
+        if b'"kind": "end"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("kind") == "end":
+            return True
+    return False
+
+
 def _append(path: Path, entry: dict[str, Any]) -> None:
     try:
         with open(path, "a", encoding="utf-8") as fh:
@@ -154,7 +177,7 @@ def interrupted_journals(runs_dir: Path) -> Iterator[tuple[Path, list[dict[str, 
         return
     for d in dirs[:RECENT_RUNS]:
         path = d / JOURNAL
-        if not path.is_file():
+        if not path.is_file() or _ended(path):
             continue
         entries = read_journal(path)
         if not entries or entries[0].get("kind") != "run" or any(e.get("kind") == "end" for e in entries):
