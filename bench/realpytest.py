@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="fleetshard-bench-realpytest-"))
     os.chmod(base, 0o755)
     project = copy_suite(suite, base / "project").root
+    (project / ".fleetshard").mkdir()
+    os.chmod(project / ".fleetshard", 0o1777)   # the machines share the project as their workdir
     files = sorted(str(p.relative_to(project)) for t in suite.tests for p in (project / t).glob("test_*.py"))
     xpy = bench_python()
     command = f"{xpy} -m pytest -p no:cacheprovider"
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append((t.wall, (shards, counts(junit))))
             return results
 
-        def inventory(label: str) -> Path:
+        def inventory(label: str, **extra: Any) -> Path:
             d = base / label
             d.mkdir(mode=0o777)
             os.chmod(d, 0o777)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 suite={"runner": "pytest", "timeout": 300,
                        "command": f"{command} -q --junitxml={{junit}} {{tests}}",
                        "discover": f"{command} --collect-only -q -rsE {' '.join(files)}",
-                       "junit": str(d / "junit-{run_id}-{shard}-{attempt}.xml")},
+                       "junit": str(d / "junit-{run_id}-{shard}-{attempt}.xml"), **extra},
                 extra_machine_keys={n: {"workdir": str(project)} for n in f.names},
                 top={"history": str(d / "history.db")})
 
@@ -171,6 +173,19 @@ def main(argv: list[str] | None = None) -> int:
         wall, (shards, got) = best(again)
         walls["fleetshard, with history"] = wall
         rows.append([f"fleetshard, with history ({machines} machines x {args.slots} slot)", wall, shards, got])
+
+        # warm workers: one pytest per slot, started once, every file a shard of its own
+        first_runs = []
+        invs = [inventory(f"fleetshard-warm-{i}", workers="warm") for i in range(repeat)]
+        for inv in invs:
+            first_runs += fleetshard_rows("fleetshard warm, first run", inv, 1)
+        wall, (shards, got) = best(first_runs)
+        walls["fleetshard warm, first run"] = wall
+        rows.append([f"fleetshard, warm workers, first run ({shards} shards)", wall, workers, got])
+        again = fleetshard_rows("fleetshard warm, with history", invs[0], repeat)
+        wall, (shards, got) = best(again)
+        walls["fleetshard warm, with history"] = wall
+        rows.append([f"fleetshard, warm workers, with history ({shards} shards)", wall, workers, got])
 
     shutil.rmtree(base, ignore_errors=True)
     serial = walls["serial local pytest"]

@@ -23,6 +23,7 @@ from .results import add_collection_errors, judge
 from .suite import junit_path, shard_invocation
 from .transport import RemoteProcess
 from .transport.base import ProcessResult
+from .warm import BatchResult, WarmWorker, WorkerError, describe_end, pool_of
 
 DOWNLOAD_TIMEOUT = 300.0   # seconds a JUnit download may take before the machine is checked for life
 
@@ -43,6 +44,7 @@ class _Gathered:
     log_path: Path
     command: str = ""
     junit_remote: str | None = None
+    junit_local: str | None = None        # a warm worker's batch JUnit, already here
     ended: float | None = None
     result: ProcessResult = field(default_factory=lambda: ProcessResult(None))
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
@@ -63,6 +65,7 @@ class Attempt:
     cancel_reason: str | None = None
     killing: asyncio.Task[None] | None = None
     task: asyncio.Task[None] | None = None
+    worker: WarmWorker | None = None          # the warm pytest worker running it (suite.workers: warm)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -119,7 +122,7 @@ class Attempt:
             if outcome is Outcome.INFRA_FAILED and run.result.error and h.status != "lost":
                 await h.check_lost(run.result.error)
             if outcome in (Outcome.PASSED, Outcome.TESTS_FAILED):
-                junit_local = await self._fetch_junit(run.junit_remote)
+                junit_local = run.junit_local or await self._fetch_junit(run.junit_remote)
                 outcome, reason, failures, rerun, junit_local = self._judge(outcome, reason, run, junit_local)
                 from .workspace import collect_artifacts
 
@@ -175,6 +178,8 @@ class Attempt:
         problem = await self._until_cancelled(h.ready(prepare_machine))
         if problem is not None:             # told once with the machine's status; short here
             raise ConnectError(f"{h.short_problem(problem)} (machine drained)")
+        if suite.config.workers == "warm":
+            return await self._warm_body(sink, run)
         if suite.uses_junit:
             run.junit_remote = junit_path(suite, run_id=ctx.run_id, shard=shard, attempt=self.number)
         invocation = shard_invocation(suite, shard=shard, machine=h.name, run_id=ctx.run_id,
@@ -206,6 +211,72 @@ class Attempt:
             await self.stop()
             run.result = await self.wait
         return self.classify(run.result, timed_out)
+
+    async def _warm_body(self, sink: ShardOutput, run: _Gathered) -> tuple[Outcome, str]:
+        """The shard as one batch of a warm pytest worker of this machine (started if none is idle)."""
+        ctx, h, shard = self.ctx, self.handle, self.shard
+        pool = pool_of(h)
+        if self.cancel_reason is not None:
+            raise _NotStarted
+        acquiring = asyncio.ensure_future(pool.acquire())
+        cancelled = asyncio.ensure_future(self.cancelled.wait())
+        try:
+            await asyncio.wait({acquiring, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if not acquiring.done() or self.cancel_reason is not None:
+            # the worker it was starting serves the machine's next shard
+            acquiring.add_done_callback(
+                lambda t: pool.release(t.result()) if not t.cancelled() and t.exception() is None else None)
+            raise _NotStarted
+        try:
+            worker = acquiring.result()
+        except WorkerError as exc:
+            if exc.result is not None:
+                run.result = exc.result
+                tail = list(sink.tail.lines)[-1:] if sink.tail.lines else []
+                if exc.result.exit_status is not None and not exc.result.error:
+                    # pytest itself refused (a usage error, a broken conftest): the suite's failure, not the
+                    # machine's; its output is in the log
+                    return Outcome.TESTS_FAILED, f"{exc}" + (f": {tail[0]}" if tail else "")
+            raise ConnectError(str(exc)) from exc
+        self.worker = worker
+        worker.sink = sink
+        ids = list(self.only if self.only is not None else (shard.tests or shard.files))
+        what = " ".join(shlex.quote(f) for f in shard.files) if len(ids) > len(shard.files) else \
+            " ".join(shlex.quote(i) for i in ids)
+        run.command = f"({worker.label}) {what}" + (f" ({len(ids)} tests)" if len(ids) > len(shard.files) else "")
+        sink.note(f"# {h.name}: {run.command}")
+        run.started = ctx.now()
+        ctx.emit(ShardStarted(machine=h.name, shard=shard, attempt=self.number, command=run.command,
+                              log_path=str(run.log_path), at=run.started, speculative=self.speculative))
+        timed_out = False
+        try:
+            batch = await asyncio.wait_for(worker.run(ids), ctx.timeout)
+        except TimeoutError:
+            timed_out = True
+            running = worker.current
+            await worker.kill(0.0 if ctx.hurry else ctx.kill_grace)
+            batch = BatchResult(None, current=running)
+        finally:
+            pool.release(worker)
+        if batch.status is not None:
+            run.result = ProcessResult(batch.status)
+            if batch.junit:
+                local = ctx.run_dir / "junit" / f"{shard.id}-{self.number}.xml"
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text(batch.junit, encoding="utf-8")
+                run.junit_local = str(local)
+            return self.classify(run.result, False)
+        running = f" while running {batch.current}" if batch.current else ""
+        if timed_out:
+            run.result = ProcessResult(None, "KILL")
+            return Outcome.TIMED_OUT, f"timed out after {ctx.timeout:g} s{running}"
+        if self.cancel_reason is not None:
+            return Outcome.CANCELLED, self.cancel_reason
+        ended = batch.ended or ProcessResult(None, None, "connection lost")
+        run.result = ended
+        return Outcome.INFRA_FAILED, f"the pytest worker ended{running} ({describe_end(ended)})"
 
     async def _until_cancelled(self, step: Awaitable[str | None]) -> str | None:
         """The machine's preparation (shared by its attempts), unless this attempt is cancelled first."""
@@ -287,6 +358,9 @@ class Attempt:
                 await asyncio.wait([download], timeout=1.0)
 
     async def signal(self, sig: str) -> None:
+        if self.worker is not None:
+            await self.worker.signal(sig)
+            return
         pgids = [self.proc.pgid] if self.proc is not None and self.proc.pgid is not None else []
         try:
             marker = f"FLEETSHARD_TOKEN={self.ctx.token(self.shard.id, self.number)}"
@@ -296,6 +370,9 @@ class Attempt:
 
     async def stop(self) -> None:
         """TERM the attempt's process group, KILL it after the grace period."""
+        if self.worker is not None:
+            await self.worker.kill(0.0 if self.ctx.hurry else self.ctx.kill_grace)
+            return
         if self.wait is None:
             return
         await self.signal("TERM")

@@ -359,6 +359,15 @@ class Coordinator:
             return True
 
         async def sweep(h: MachineHandle) -> None:
+            if h.workers is not None and h.status != "lost":
+                from .warm import QUIT_WAIT
+
+                grace = 0.0 if ctx.hurry or self.interrupts else ctx.kill_grace
+                try:       # session fixtures' teardown; after Ctrl-C the workers are only killed
+                    await asyncio.wait_for(h.workers.close(grace, quit=not self.interrupts),
+                                           QUIT_WAIT + grace + 10)
+                except (ConnectError, OSError, TimeoutError):
+                    pass
             if h.services and h.status != "lost":
                 try:
                     await asyncio.wait_for(h.stop_services(), ctx.kill_grace + h.machine.connect_timeout + 10)

@@ -172,6 +172,7 @@ class SuiteConfig:
     ok_exit_codes: tuple[int, ...] = (0,)  # exit codes that pass when the JUnit shows no failing test
     split_files: bool | None = None  # split a long file by test id (None: where the runner says it may)
     services: tuple[ServiceConfig, ...] = ()
+    workers: str = "process"  # process: a runner process per shard | warm: a long-lived pytest per slot
     line: int = 0
 
 
@@ -650,6 +651,7 @@ _SUITE_FIELDS: dict[str, _Field] = {
     "ok_exit_codes": _Field(_exit_codes),
     "split_files": _Field(_bool, nullable=True),
     "services": _Field(_services),
+    "workers": _Field(_choice("process", "warm")),
 }
 
 _SERVICE_FIELDS: dict[str, _Field] = {
@@ -1106,6 +1108,12 @@ def _suite(ctx: _Ctx, entry: _Entry) -> SuiteConfig:
     if values.get("args") and runner is None:
         raise ctx.error("needs a runner (pytest, playwright or jest): with runner: command, put the "
                         "arguments in command", line_of("args"), "suite.args")
+    if values.get("workers") == "warm":
+        if runner != "pytest":
+            raise ctx.error("warm workers need runner: pytest", line_of("workers"), "suite.workers")
+        if command is not None and "{tests}" not in command and "{files}" not in command:
+            raise ctx.error("warm workers run the suite file by file: the command must contain {tests}",
+                            line_of("command"), "suite.command")
     if runner is not None:
         if command is not None and "{junit}" not in command and values.get("junit") is None:
             raise ctx.error(f"must contain {{junit}} (or set suite.junit) for the {runner} runner, whose "

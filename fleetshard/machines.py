@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .context import RunContext
 from .errors import ConnectError
@@ -49,6 +50,8 @@ class MachineHandle:
     workdir: str = field(init=False, default="~")
     services: list[RunningService] = field(default_factory=list, repr=False)   # started after setup
     connecting: asyncio.Future[float] | None = field(default=None, repr=False)  # opened while planning
+    workers: Any = field(default=None, repr=False)   # its warm pytest workers (warm.WarmPool), once used
+    warming: asyncio.Future[None] | None = field(default=None, repr=False)   # workers started while planning
 
     def __post_init__(self) -> None:
         self.workdir = effective_workdir(self.machine, self.ctx.inv.base_dir)

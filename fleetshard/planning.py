@@ -183,6 +183,12 @@ def _gss_batches(items: Sequence[str], weights: Mapping[str, float], slots: int,
     return batches
 
 
+BASIS: dict[str, str] = {"history": "durations from history",
+                         "collection": "no history: weights from the runner's tests per file",
+                         "filesize": "no history: weights from file sizes",
+                         "uniform": "no history: equal weights"}
+
+
 def build_shards(files: Sequence[str], estimates: Estimates | Mapping[str, float],
                  machines: Sequence[MachineSlots], *, shards: int | None = None,
                  strategy: Strategy = "dynamic") -> ShardPlan:
@@ -209,10 +215,7 @@ def build_shards(files: Sequence[str], estimates: Estimates | Mapping[str, float
     position = {f: i for i, f in enumerate(unique)}
     usable = _usable(machines)
     total_slots = sum(m.slots for m in usable) or 1
-    basis = {"history": "durations from history",
-             "collection": "no history: weights from the runner's tests per file",
-             "filesize": "no history: weights from file sizes",
-             "uniform": "no history: equal weights"}[source]
+    basis = BASIS[source]
 
     if shards is not None:
         n = min(shards, len(unique))

@@ -85,6 +85,21 @@ def open_history(ctx: RunContext) -> Any:
 
 async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
                   history: Any) -> Prepared:
+    machines: dict[str, MachineHandle] = {}
+    try:
+        return await _prepare(ctx, selected, transports, history, machines)
+    except BaseException:
+        # planning failed (or was interrupted) after warm workers were started: stop them
+        pools = [h.workers for h in machines.values() if h.workers is not None]
+        for h in machines.values():
+            if h.warming is not None:
+                h.warming.cancel()
+        await asyncio.gather(*(p.close(0.0, quit=False) for p in pools), return_exceptions=True)
+        raise
+
+
+async def _prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
+                   history: Any, machines: dict[str, MachineHandle]) -> Prepared:
     suite = ctx.suite
     connecting: dict[str, asyncio.Future[float]] = {}
     if ctx.opts.skip_health_checks and not ctx.opts.dry_run:
@@ -102,8 +117,15 @@ async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapp
         # The CPU calibration only where a speed is not known for certain (neither declared nor learned
         # over several runs).
         calibrate = {m.name for m in selected if not m.speed and not known[m.name].certain}
-        machines: dict[str, MachineHandle] = {}
         usable = await check_machines(ctx, selected, transports, calibrate, machines)
+        if suite.config.workers == "warm" and not ctx.opts.dry_run:
+            from .warm import warm_up
+
+            # the workers' start-up (interpreter, pytest, conftest) overlaps discovery and planning
+            for h in usable:
+                h.connecting = connecting.get(h.name)
+                h.warming = asyncio.ensure_future(warm_up(h))
+                h.warming.add_done_callback(lambda t: t.cancelled() or t.exception())
         for h in usable:
             h.connecting = connecting.get(h.name)
         estimates = estimate_speeds(list(machines), samples, declared=declared,
@@ -289,8 +311,13 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
     split = _split(ctx, suite, found.listing, planned, estimates, slots, history)
     if split.parts:
         estimates = planning.Estimates(split.weights, estimates.source)
-    plan = planning.build_shards(split.items, estimates, slots, shards=count,
+    warm = suite.config.workers == "warm" and count is None
+    plan = planning.build_shards(split.items, estimates, slots, shards=len(split.items) if warm else count,
                                  strategy=strategy)  # type: ignore[arg-type]
+    if warm:
+        plan = planning.ShardPlan(plan.shards, f"{len(plan.shards)} shards, one per file: warm pytest workers "
+                                  f"start once per slot, so a shard costs no start-up (longest first, "
+                                  f"{planning.BASIS[plan.source]})", plan.source)
     shards = _with_broken(join_parts(plan.shards, split, found.listing), broken)
     why = plan.why + (f"; {len(broken)} file(s) that fail to load run alone" if broken else "")
     if split.parts:

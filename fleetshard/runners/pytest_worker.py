@@ -65,6 +65,9 @@ def _watch(stdin: int, forward: int, parent: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    # only stdin and the pipe stay open: the channel's output must close when the worker ends
+    os.closerange(3, forward)
+    os.closerange(forward + 1, 1 << 16)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
