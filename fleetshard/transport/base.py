@@ -317,7 +317,7 @@ def _cd(workdir: str) -> str:
 
 
 def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                  token: str | None = None, watch: bool = False) -> str:
+                  token: str | None = None, watch: bool = False, pid: str = "$$") -> str:
     """The sh script that runs ``command`` (a shell line) in ``cwd`` with ``env``.
 
     ``command`` is a shell line on purpose (the suite's command template, whose placeholders were
@@ -328,6 +328,9 @@ def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str
     stdin, which the coordinator holds open and never writes: when it closes (the coordinator is
     gone, or closed the channel), the watcher TERMs the script's process group, then KILLs it; the
     command itself gets /dev/null as its stdin.
+
+    ``pid`` is the shell word the process-group line reports: ``$$`` for a shell that sshd started
+    (a session and group leader), ``$BASHPID`` for a job of a persistent shell (see slots.py).
     """
     parts: list[str] = ["exec 2>&1"]          # one stream, in the order things were written
     if cwd:
@@ -340,7 +343,7 @@ def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str
     if token is not None and not re.fullmatch(r"[0-9a-f]+", token):
         raise ValueError(f"invalid token: {token!r}")
     if token:
-        parts.append(f"echo {PGID_MARKER} {token} $$")
+        parts.append(f"echo {PGID_MARKER} {token} {pid}")
     if watch:
         # A background list's stdin is /dev/null unless redirected: the session's stdin goes through fd 3.
         parts.append("exec 3<&0 </dev/null")

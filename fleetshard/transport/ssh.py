@@ -38,6 +38,7 @@ from .base import (
     shell_wrapper,
 )
 from .handshake import handshake_slot
+from .slots import SlotProcess, SlotShell, launcher
 
 _T = TypeVar("_T")
 
@@ -262,8 +263,12 @@ class SshTransport:
     """A machine reached over SSH."""
 
     def __init__(self, machine: Machine, *, accept_new_host_keys: bool = False,
-                 channels_per_connection: int = CHANNELS_PER_CONNECTION) -> None:
+                 channels_per_connection: int = CHANNELS_PER_CONNECTION, persistent_shells: bool = True) -> None:
         self.machine = machine
+        # Shards run in slot shells (slots.py) unless the machine cannot run one (then None -> False).
+        self.persistent_shells: bool | None = None if persistent_shells else False
+        self._idle: list[SlotShell] = []
+        self._shells: set[SlotShell] = set()
         self.name = machine.name
         self.accept_new = accept_new_host_keys
         self.channels_per_connection = channels_per_connection
@@ -515,8 +520,13 @@ class SshTransport:
 
     # -- running ------------------------------------------------------------------------------
     async def start(self, command: str, *, cwd: str | None, env: Mapping[str, str],
-                    on_line: OutputTarget, stdin: bool = False) -> SshProcess:
+                    on_line: OutputTarget, stdin: bool = False) -> SshProcess | SlotProcess:
         token = new_token()
+        if not stdin and self.persistent_shells is not False:
+            shell = await self._slot_shell()
+            if shell is not None:
+                script = shell_wrapper(command, cwd=cwd, env=env, token=token, pid="$BASHPID")
+                return shell.start(script, token, on_line)
         script = _sh(shell_wrapper(command, cwd=cwd, env=env, token=token, watch=not stdin))
         try:
             # stdin stays open and unwritten: the wrapper's watcher ends the shard when it closes.
@@ -525,6 +535,38 @@ class SshTransport:
         except (asyncssh.Error, OSError) as exc:
             raise ConnectError(f"{self.name}: cannot start command: {_reason(exc)}", machine=self.name) from exc
         return SshProcess(proc, on_line, c, token)
+
+    async def _slot_shell(self) -> SlotShell | None:
+        """An idle slot shell, or a new one; None when this machine cannot run one (no bash)."""
+        while self._idle:
+            shell = self._idle.pop()
+            if not shell.closed:
+                return shell
+        token = new_token()
+        try:
+            c, proc = await self._channel(lambda conn: conn.create_process(
+                _sh(launcher(token)), stderr=asyncssh.STDOUT, encoding=None))
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectError(f"{self.name}: cannot start command: {_reason(exc)}", machine=self.name) from exc
+        shell = SlotShell(proc, token, kill=self.kill_groups, release=c.release, lost=lambda: c.lost_reason,
+                          idle=self._idle.append)
+        self._shells = {s for s in self._shells if not s.closed}
+        self._shells.add(shell)
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(shell.ready), self.machine.connect_timeout + SIGNAL_WAIT)
+        except TimeoutError:
+            ok = False
+        except BaseException:
+            shell.close()
+            raise
+        if not ok:
+            shell.close()
+            self._shells.discard(shell)
+            if shell.said_no or shell.error is None:
+                self.persistent_shells = False          # a channel per shard from now on
+            return None
+        self.persistent_shells = True
+        return shell
 
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
                   stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
@@ -558,7 +600,11 @@ class SshTransport:
         try:
             await self.run(kill_script(pgids, signal, markers=markers), timeout=self.machine.connect_timeout + 5)
         except ConnectError:
-            return
+            pass
+        if signal == "KILL":
+            for shell in list(self._shells):
+                if shell.current is not None and shell.current.pgid in pgids:
+                    shell.current.killed()
 
     async def rtt(self) -> float:
         c = await self._acquire()
@@ -653,6 +699,10 @@ class SshTransport:
 
     async def close(self) -> None:
         self._closed = True
+        for shell in list(self._shells):
+            shell.close()
+        self._shells.clear()
+        self._idle.clear()
         client = self._sftp_client
         if client is not None and client.done() and not client.cancelled() and client.exception() is None:
             client.result().exit()
