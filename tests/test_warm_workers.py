@@ -179,6 +179,24 @@ def test_ctrl_c_during_a_warm_run_leaves_nothing_running(fleet: SshFleet, fleet_
     assert fleet.wait_no_processes(10) == []
 
 
+TWO_FAILURES = "def test_a():\n    assert False\n\ndef test_b():\n    pass\n"
+
+
+def test_exitfirst_stops_each_shard_not_the_worker(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                   workspace: Path) -> None:  # noqa: F811
+    root = tiny_suite(workspace / "s", {"test_one.py": TWO_FAILURES, "test_two.py": TWO_FAILURES})
+    keys = tiny_keys(suite_python())
+    keys["command"] = keys["command"].replace(" -q ", " -q -x ")
+    inv = fleet_inventory(root / "machines.yaml", machines=["h1"], slots=1,
+                          extra_machine_keys={"h1": {"workdir": str(root)}}, suite=keys)
+    merged = workspace / "merged.xml"
+    res = fleetshard("run", "-i", inv, "--no-live", "--junit", merged, timeout=120)
+    assert res.code == 1, res.out + res.err
+    # one worker ran both files; -x stopped each file at its first failure, as two plain runs would
+    assert outcomes(merged) == {("test_one", "test_a"): "failure", ("test_two", "test_a"): "failure"}
+    assert fleet.wait_no_processes(10) == []
+
+
 def test_warm_workers_need_the_pytest_runner(tmp_path: Path) -> None:
     inv = tmp_path / "machines.yaml"
     inv.write_text("machines:\n  a:\n    transport: local\nsuite:\n  runner: jest\n  workers: warm\n")

@@ -185,8 +185,11 @@ class Worker:
         xml.pytest_sessionstart()
         self.batch = batch
         session.testsfailed = 0
-        session.shouldstop = False
-        session.shouldfail = False
+        for name in ("shouldstop", "shouldfail"):      # -x / --maxfail apply per shard, as in a plain run
+            if hasattr(session, f"_{name}"):
+                setattr(session, f"_{name}", False)   # pytest >= 8 refuses to unset them publicly
+            else:
+                setattr(session, name, False)
         status = 0
         ran = 0
         try:
