@@ -242,6 +242,7 @@ class Attempt:
             raise ConnectError(str(exc)) from exc
         self.worker = worker
         worker.sink = sink
+        worker.running = (shard.id, self.number)
         ids = list(self.only if self.only is not None else (shard.tests or shard.files))
         what = " ".join(shlex.quote(f) for f in shard.files) if len(ids) > len(shard.files) else \
             " ".join(shlex.quote(i) for i in ids)

@@ -87,6 +87,20 @@ class ShardFinished:
 
 
 @dataclass(frozen=True)
+class TestReported:
+    """A warm pytest worker reported one phase of a test as it finished (the shard's JUnit follows)."""
+
+    machine: str
+    shard_id: str
+    attempt: int
+    test: str                         # the node id
+    when: str                         # setup | call | teardown
+    outcome: str                      # passed | failed | skipped
+    duration: float
+    at: float
+
+
+@dataclass(frozen=True)
 class ShardRetrying:
     shard: Shard
     next_attempt: int
@@ -172,5 +186,5 @@ class RunFinished:
     summary: dict[str, int] = field(default_factory=dict)
 
 
-Event = (RunStarted | ShardStarted | OutputLine | ShardFinished | ShardRetrying | ShardNotRun | ShardSettled
-         | MachineStatus | ProbeResult | Notice | Tick | RunFinished)
+Event = (RunStarted | ShardStarted | OutputLine | TestReported | ShardFinished | ShardRetrying | ShardNotRun
+         | ShardSettled | MachineStatus | ProbeResult | Notice | Tick | RunFinished)

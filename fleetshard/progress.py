@@ -40,6 +40,7 @@ from .events import (
     ShardRetrying,
     ShardSettled,
     ShardStarted,
+    TestReported,
     Tick,
 )
 from .logtext import TERMINAL_TAIL_LINES, clean_line, fmt_time, local_path, tail_lines
@@ -180,6 +181,7 @@ class RunState:
         self.retried = 0
         self.durations: list[float] = []       # of finished attempts that ran their tests
         self.settled: set[str] = set()         # shards the scheduler settled (their state is final)
+        self.tests_reported: set[str] = set()  # tests warm workers reported finished (node ids)
 
     # ---- feeding
 
@@ -212,6 +214,8 @@ class RunState:
                 del self.state[event.shard.id]
         elif isinstance(event, ShardFinished):
             self._finished(event)
+        elif isinstance(event, TestReported):
+            self.tests_reported.add(event.test)
         elif isinstance(event, ShardSettled):
             sid = event.shard.id
             self.shards.setdefault(sid, event.shard)
@@ -349,6 +353,8 @@ class RunState:
         """``40/96 shards done, 2 failed, 1 retried, 3 running, ETA 1:10``."""
         with self.lock:
             parts = [f"{self.done}/{self.total} shards done", f"{self.count('failed')} failed"]
+            if self.tests_reported:
+                parts.insert(1, f"{len(self.tests_reported)} tests")
             not_run = self.count("not-run")
             if not_run:
                 parts.append(f"{not_run} not run")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectError
+from .events import TestReported
 from .suite import render
 from .transport.base import OutputSink, ProcessResult, RemoteProcess, new_token
 
@@ -138,6 +139,7 @@ class WarmWorker:
     broken: bool = False
     batches: int = 0
     sink: OutputSink | None = None
+    running: tuple[str, int] | None = None    # (shard id, attempt) of the batch it runs
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _log: Any = None
@@ -166,6 +168,14 @@ class WarmWorker:
             self._ready.set()
         elif ev == "start":
             self.current = str(msg.get("test", "")) or None
+        elif ev == "report" and self.running is not None:
+            ctx = self.pool.handle.ctx
+            duration = msg.get("duration")
+            ctx.emit(TestReported(machine=self.pool.handle.name, shard_id=self.running[0], attempt=self.running[1],
+                                  test=str(msg.get("test", "")), when=str(msg.get("when", "")),
+                                  outcome=str(msg.get("outcome", "")),
+                                  duration=float(duration) if isinstance(duration, (int, float)) else 0.0,
+                                  at=ctx.now()))
         elif ev == "done":
             fut = self._pending.pop(int(msg.get("id", -1)), None)
             if fut is not None and not fut.done():
@@ -356,6 +366,7 @@ class WarmPool:
     def release(self, worker: WarmWorker) -> None:
         """A worker whose batch is over: idle again if it is still sound."""
         worker.sink = None
+        worker.running = None
         if worker.alive and worker not in self.idle:
             self.idle.append(worker)
 

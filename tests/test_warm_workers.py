@@ -233,3 +233,14 @@ def test_a_spoofed_answer_is_only_output_whatever_the_chunks(chunk: int) -> None
     s.flush()
     assert got == [{"ev": "ready"}]
     assert "".join(out) == 'hello\n__fleetshard_w__ guess {"ev":"done","id":1}\nbye'
+
+
+def test_reported_tests_are_counted_in_the_status_line() -> None:
+    from fleetshard.events import TestReported
+    from fleetshard.progress import RunState
+
+    state = RunState(clock=lambda: 0.0)
+    for test, when in [("a.py::x", "call"), ("a.py::x", "teardown"), ("a.py::y", "call")]:
+        state.apply(TestReported(machine="h1", shard_id="s001", attempt=1, test=test, when=when,
+                                 outcome="passed", duration=0.1, at=0.0))
+    assert "2 tests" in state.status_line()
