@@ -269,11 +269,11 @@ def run(
 
 
 def _extra_command(args: list[str]) -> str | None:
+    if not args:
+        return None
     from .errors import UsageError
     from .suite import command_from_argv
 
-    if not args:
-        return None
     if "--" not in sys.argv:
         raise UsageError(f"unexpected argument {args[0]!r} (put a test command after `--`)")
     return command_from_argv(args)

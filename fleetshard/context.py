@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .events import Notice
 from .inventory import Inventory
-from .runners import Listing
-from .suite import Suite
+
+if TYPE_CHECKING:
+    from .runners import Listing
+    from .suite import Suite
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class RunContext:
         self.queue.put_nowait(event)
 
     def notice(self, text: str, level: str = "info", machine: str | None = None) -> None:
+        from .events import Notice
+
         self.emit(Notice(text=text, at=self.now(), level=level, machine=machine))
 
     def note(self, text: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,9 +154,17 @@ def _address(machine: Machine) -> str:
     return f"{user}{machine.host}{port}"
 
 
+async def open_connection(machine: Machine, transport: Transport) -> float:
+    """A probe's connect phase: wait for a handshake slot, then connect within the machine's connect timeout
+    (plus CONNECT_SLACK; TimeoutError past it). Returns the seconds the transport took."""
+    async with handshake_slot():            # the connect bound starts once a handshake may begin
+        return await asyncio.wait_for(transport.connect(), machine.connect_timeout + CONNECT_SLACK)
+
+
 async def probe(machine: Machine, transport: Transport, thresholds: HealthThresholds, *,
-                calibrate: bool = False) -> HealthReport:
-    """Connect, run the probe script and time three no-op round trips; never raises."""
+                calibrate: bool = False, connecting: Awaitable[float] | None = None) -> HealthReport:
+    """Connect (or await ``connecting``, the same connect phase begun earlier), run the probe script and
+    time three no-op round trips; never raises."""
     base: dict[str, Any] = dict(machine=machine.name, transport=machine.transport,
                                 address=_address(machine), tags=machine.tags)
     budget = max(thresholds.timeout, 0.5)
@@ -167,8 +175,7 @@ async def probe(machine: Machine, transport: Transport, thresholds: HealthThresh
     connect_limit = machine.connect_timeout + CONNECT_SLACK
     phase = "connect"
     try:
-        async with handshake_slot():            # the connect bound starts once a handshake may begin
-            connect_s = await asyncio.wait_for(transport.connect(), connect_limit)
+        connect_s = await (connecting if connecting is not None else open_connection(machine, transport))
         phase = "probe"
         probe_started = time.perf_counter()
         env = {"FLEETSHARD_PROBE_DIR": machine.workdir or "~", "FLEETSHARD_MACHINE": machine.name}
@@ -232,8 +239,10 @@ def calibrated_speeds(reports: Sequence[HealthReport]) -> dict[str, float]:
 
 
 async def probe_all(machines: Sequence[Machine], transports: Mapping[str, Transport],
-                    thresholds: HealthThresholds, *, calibrate: Collection[str] = ()) -> list[HealthReport]:
+                    thresholds: HealthThresholds, *, calibrate: Collection[str] = (),
+                    connecting: Mapping[str, Awaitable[float]] | None = None) -> list[HealthReport]:
     """Probe every machine at once; results in inventory order. Machines named in ``calibrate`` also
-    time a short CPU loop (``calib_ms``)."""
-    return list(await asyncio.gather(*(probe(m, transports[m.name], thresholds, calibrate=m.name in calibrate)
-                                       for m in machines)))
+    time a short CPU loop (``calib_ms``); ``connecting`` holds connect phases already begun."""
+    begun = connecting or {}
+    return list(await asyncio.gather(*(probe(m, transports[m.name], thresholds, calibrate=m.name in calibrate,
+                                             connecting=begun.get(m.name)) for m in machines)))

@@ -4,27 +4,41 @@
                                                             | events
                                                             v
                                           renderer, recorder (run record, results, history)
+
+The connections open first (:mod:`fleetshard.headstart`), while the modules of the run are imported.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from . import headstart
 from .context import RunContext, RunOptions
-from .coordinator import Coordinator, backoff_from_tenacity
-from .events import ProbeResult
-from .inventory import Inventory, select_machines
-from .machines import effective_workdir
-from .model import EXIT_OK
-from .record import RunRecord, redact_argv
-from .session import combine_speeds, git_head, open_history, plan_dict, prepare, print_plan
-from .suite import resolve_suite
+from .errors import FleetshardError
+from .inventory import Inventory, Machine, select_machines
 from .transport import Transport, transport_for
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator, backoff_from_tenacity
+    from .machines import effective_workdir
+    from .record import redact_argv
+    from .session import combine_speeds
 
 __all__ = ["RunOptions", "backoff_from_tenacity", "combine_speeds", "effective_workdir", "redact_argv",
            "run_command"]
+
+
+def __getattr__(name: str) -> Any:
+    """The helpers this module has always offered, from the modules that define them (loaded on use)."""
+    homes = {"backoff_from_tenacity": "coordinator", "combine_speeds": "session", "effective_workdir": "machines",
+             "redact_argv": "record"}
+    if name in homes:
+        import importlib
+
+        return getattr(importlib.import_module(f"fleetshard.{homes[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
@@ -34,13 +48,64 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
     also handed the run record. ``transports_for(machine, accept_new_host_keys=...)`` makes each machine's
     transport (tests pass a fake fleet's); ``observe(coordinator)`` is called before anything happens (to
     subscribe more views, or to interrupt)."""
-    from .progress import make_renderer
+    try:
+        selected = select_machines(inv, opts.selector)
+    except FleetshardError:
+        from .suite import resolve_suite
+
+        resolve_suite(inv, opts.command)    # a suite error is reported first, as it always was
+        raise
+    transports = {m.name: transports_for(m, accept_new_host_keys=opts.accept_new_host_keys) for m in selected}
+    head = headstart.begin(inv.base_dir, opts, selected, transports)
+    try:
+        await headstart.load_modules()
+        return await _run(inv, opts, dashboard, selected, transports, head, observe)
+    finally:
+        head.cancel()
+        await asyncio.gather(*(t.close() for t in transports.values()), return_exceptions=True)
+
+
+async def _run(inv: Inventory, opts: RunOptions, dashboard: Any, selected: Sequence[Machine],
+               transports: Mapping[str, Transport], head: headstart.HeadStart,
+               observe: Callable[[Coordinator], None] | None) -> int:
+    from .session import Prepared, open_history, prepare
+    from .suite import resolve_suite
 
     suite = resolve_suite(inv, opts.command)
-    selected = select_machines(inv, opts.selector)
     ctx = RunContext(inv=inv, opts=opts, suite=suite)
-    renderer = make_renderer(console=opts.console, live=opts.live, stream=opts.stream, quiet=opts.quiet,
+    history: Any = None
+    preparing: asyncio.Future[Prepared] | None = None
+    try:
+        history = open_history(ctx)
+        preparing = asyncio.ensure_future(prepare(ctx, selected, transports, history, head.connecting))
+        return await _coordinate(ctx, dashboard, head, observe, preparing)
+    finally:
+        if preparing is not None and not preparing.done():
+            preparing.cancel()
+            await asyncio.gather(preparing, return_exceptions=True)
+        if history is not None:
+            history.close()
+
+
+async def _coordinate(ctx: RunContext, dashboard: Any, head: headstart.HeadStart,
+                      observe: Callable[[Coordinator], None] | None, preparing: asyncio.Future[Any]) -> int:
+    from .coordinator import Coordinator
+    from .events import ProbeResult
+    from .lazyview import DeferredRenderer
+    from .model import EXIT_OK
+    from .record import RunRecord
+    from .session import plan_dict, print_plan
+
+    opts = ctx.opts
+
+    def make() -> Any:
+        from .progress import make_renderer
+
+        return make_renderer(console=opts.console, live=opts.live, stream=opts.stream, quiet=opts.quiet,
                              verbose=opts.verbose, clock=ctx.clock)
+
+    # A run's renderer is loaded once its first shards run (it shows nothing they wait for); a plan's now.
+    renderer: Any = make() if opts.dry_run else DeferredRenderer(make)
     coordinator = Coordinator(ctx)
     coordinator.subscribe(renderer, output=opts.stream)   # notices from probing and planning are shown too
     if dashboard is not None:
@@ -48,14 +113,11 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
     if observe is not None:
         observe(coordinator)
     coordinator.start()
-    transports = {m.name: transports_for(m, accept_new_host_keys=opts.accept_new_host_keys) for m in selected}
     remove_signals: Callable[[], None] = (lambda: None) if opts.dry_run else coordinator.install_signals()
-    history: Any = None
     try:
-        history = open_history(ctx)
-        coordinator.preparing = asyncio.ensure_future(prepare(ctx, selected, transports, history))
+        coordinator.preparing = preparing
         try:
-            prepared = await coordinator.preparing
+            prepared = await preparing
         except asyncio.CancelledError:
             if not coordinator.interrupts:
                 raise
@@ -77,8 +139,8 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
             else:
                 print_plan(opts.console, prepared)
             return EXIT_OK
-        ctx.timeout = opts.timeout if opts.timeout is not None else suite.config.timeout
-        ctx.commit = opts.commit or git_head(inv.base_dir)
+        ctx.timeout = opts.timeout if opts.timeout is not None else ctx.suite.config.timeout
+        ctx.commit = opts.commit or (await head.commit if head.commit is not None else None)
         renderer.start()
 
         def finish(record: RunRecord) -> None:
@@ -92,9 +154,6 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
         await coordinator.stop()
         coordinator.close()
         renderer.stop()
-        if history is not None:
-            history.close()
-        await asyncio.gather(*(t.close() for t in transports.values()), return_exceptions=True)
 
 
 def run_command(inv: Inventory, opts: RunOptions) -> int:

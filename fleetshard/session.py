@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from . import planning
@@ -56,15 +54,6 @@ def combine_speeds(names: Sequence[str], learned: Mapping[str, float], declared:
     return {n: learned.get(n) or declared.get(n, 1.0) * ratio for n in names}
 
 
-def git_head(base: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base, capture_output=True, text=True,
-                             timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def open_history(ctx: RunContext) -> Any:
     from .history import History
     from .report import history_path
@@ -84,10 +73,11 @@ def open_history(ctx: RunContext) -> Any:
 
 
 async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
-                  history: Any) -> Prepared:
+                  history: Any, connecting: Mapping[str, asyncio.Future[float]] | None = None) -> Prepared:
+    """``connecting``: connect phases begun already (:mod:`fleetshard.headstart`), by machine name."""
     machines: dict[str, MachineHandle] = {}
     try:
-        return await _prepare(ctx, selected, transports, history, machines)
+        return await _prepare(ctx, selected, transports, history, machines, connecting)
     except BaseException:
         # planning failed (or was interrupted) after warm workers were started: stop them
         pools = [h.workers for h in machines.values() if h.workers is not None]
@@ -99,10 +89,11 @@ async def prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapp
 
 
 async def _prepare(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
-                   history: Any, machines: dict[str, MachineHandle]) -> Prepared:
+                   history: Any, machines: dict[str, MachineHandle],
+                   connecting: Mapping[str, asyncio.Future[float]] | None = None) -> Prepared:
     suite = ctx.suite
-    connecting: dict[str, asyncio.Future[float]] = {}
-    if ctx.opts.skip_health_checks and not ctx.opts.dry_run:
+    connecting = dict(connecting or {})
+    if ctx.opts.skip_health_checks and not ctx.opts.dry_run and not connecting:
         # No probe to wait for: open the connections now, while history, discovery and planning run; the
         # first shard on each machine then finds its connection ready (or its failure, once).
         connecting = {m.name: _preconnect(transports[m.name]) for m in selected}
@@ -117,7 +108,7 @@ async def _prepare(ctx: RunContext, selected: Sequence[Machine], transports: Map
         # The CPU calibration only where a speed is not known for certain (neither declared nor learned
         # over several runs).
         calibrate = {m.name for m in selected if not m.speed and not known[m.name].certain}
-        usable = await check_machines(ctx, selected, transports, calibrate, machines)
+        usable = await check_machines(ctx, selected, transports, calibrate, machines, connecting)
         if suite.config.workers == "warm" and not ctx.opts.dry_run:
             from .warm import warm_up
 
@@ -164,13 +155,16 @@ async def _prepare(ctx: RunContext, selected: Sequence[Machine], transports: Map
 
 
 async def check_machines(ctx: RunContext, selected: Sequence[Machine], transports: Mapping[str, Transport],
-                         calibrate: Collection[str], machines: dict[str, MachineHandle]) -> list[MachineHandle]:
-    """Probe the selected machines; fills ``machines`` with every probed one, returns the usable ones."""
+                         calibrate: Collection[str], machines: dict[str, MachineHandle],
+                         connecting: Mapping[str, asyncio.Future[float]] | None = None) -> list[MachineHandle]:
+    """Probe the selected machines; fills ``machines`` with every probed one, returns the usable ones.
+    ``connecting``: connect phases begun already, which the probes await instead of connecting again."""
     inv = ctx.inv
     usable: list[MachineHandle] = []
     if ctx.opts.skip_health_checks:
         need = [m for m in selected if m.slots is None and m.transport != "local"]
-        reports = {r.machine: r for r in await probe_all(need, transports, inv.health, calibrate=calibrate)}
+        reports = {r.machine: r for r in await probe_all(need, transports, inv.health, calibrate=calibrate,
+                                                         connecting=connecting)}
         for m in selected:
             r = reports.get(m.name)
             if r is not None and not r.reachable:
@@ -181,7 +175,7 @@ async def check_machines(ctx: RunContext, selected: Sequence[Machine], transport
             cores = r.cores if r else (os.cpu_count() or 1)
             usable.append(MachineHandle(m, transports[m.name], ctx, m.slots or cores or 1, m.speed or 1.0, r))
     else:
-        for r in await probe_all(selected, transports, inv.health, calibrate=calibrate):
+        for r in await probe_all(selected, transports, inv.health, calibrate=calibrate, connecting=connecting):
             m = inv.machine(r.machine)
             if not r.healthy:
                 ctx.notice(f"left out ({r.status}): {'; '.join(r.reasons)}", "warning", m.name)
