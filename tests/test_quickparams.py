@@ -61,7 +61,7 @@ def test_a_run_parses_without_pydantic(tmp_path: Path) -> None:
             "atexit.register(lambda: print('pydantic' in sys.modules))\n"
             "from fleetshard.cli import main\n"
             f"sys.argv = ['fleetshard', 'run', '-i', {str(inv)!r}, '--dry-run', '--shards', '2', '--strategy',"
-            " 'static', '--timeout', '5', '--json-report', 'r.json', '-m', 'here']\n"
+            " 'static', '--timeout', '5', '--json-report', 'r.json', '-m', 'here', '--skip-health-checks']\n"
             "main()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
                           check=False)
