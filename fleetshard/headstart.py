@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,24 @@ class HeadStart:
 
     connecting: dict[str, asyncio.Future[float]] = field(default_factory=dict)
     commit: asyncio.Future[str | None] | None = None
+    loading_s: float | None = None          # how long the modules took to load (None: still loading)
 
     def cancel(self) -> None:
         for task in self.connecting.values():
             task.cancel()
+
+    async def connect(self, machine: Machine, transport: Transport) -> float:
+        """The connect phase, begun before the modules load. If its bound runs out while loading them took
+        a good part of it (a machine so busy that this process's own imports starved the handshake),
+        it is tried once more, with a bound of its own, now that nothing else runs."""
+        try:
+            return await open_connection(machine, transport)
+        except TimeoutError:
+            if self.loading_s is not None and self.loading_s < machine.connect_timeout / 2:
+                raise
+        while self.loading_s is None:
+            await asyncio.sleep(0.05)
+        return await open_connection(machine, transport)
 
 
 def begin(base_dir: Path, opts: RunOptions, selected: Sequence[Machine],
@@ -76,7 +91,7 @@ def begin(base_dir: Path, opts: RunOptions, selected: Sequence[Machine],
         wanted = list(selected)             # probed, or (--skip-health-checks) about to run shards
     head = HeadStart()
     for m in wanted:
-        task = asyncio.ensure_future(open_connection(m, transports[m.name]))
+        task = asyncio.ensure_future(head.connect(m, transports[m.name]))
         task.add_done_callback(_retrieved)
         head.connecting[m.name] = task
     if not opts.dry_run and opts.commit is None:
@@ -89,13 +104,16 @@ def _import(names: Sequence[str]) -> None:
         importlib.import_module(name)
 
 
-async def load_modules(names: Sequence[str] = RUN_MODULES) -> None:
+async def load_modules(head: HeadStart | None = None, names: Sequence[str] = RUN_MODULES) -> None:
     """Import ``names`` in a worker thread, so that the event loop (the handshakes, the probes) goes on
     meanwhile. The loop's own code imports nothing of these while it waits: no import cycle can span the
-    two threads."""
+    two threads. ``head.loading_s`` is set to the time it took."""
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)  # the loop, woken by a packet, gets the interpreter at once
+    started = time.monotonic()
     try:
         await asyncio.to_thread(_import, names)
     finally:
         sys.setswitchinterval(switch)
+        if head is not None:
+            head.loading_s = time.monotonic() - started

@@ -58,7 +58,7 @@ async def run_main(inv: Inventory, opts: RunOptions, dashboard: Any = None, *,
     transports = {m.name: transports_for(m, accept_new_host_keys=opts.accept_new_host_keys) for m in selected}
     head = headstart.begin(inv.base_dir, opts, selected, transports)
     try:
-        await headstart.load_modules()
+        await headstart.load_modules(head)
         return await _run(inv, opts, dashboard, selected, transports, head, observe)
     finally:
         head.cancel()
