@@ -20,7 +20,8 @@ File mode (``build_shards``):
 
 Native mode (``native_shards``): the suite's own ``--shard={shard}/{total}``; fleetshard only picks the count:
 one shard per slot without history, else the count whose simulated makespan (equal shards, each paying its
-machine's learned start-up) is least (:func:`choose_native_count`).
+machine's learned start-up) is least (:func:`choose_native_count`), with speeds not known for certain taken
+as the fleet's median.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from __future__ import annotations
 import heapq
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 from .model import MachineSlots, Shard
@@ -294,8 +295,18 @@ class NativeChoice:
     simulated: dict[int, float] = field(default_factory=dict)
 
 
+def _at_median_unless_certain(machines: Sequence[MachineSlots],
+                              certain: Collection[str] | None) -> list[MachineSlots]:
+    """``machines`` with every speed not in ``certain`` replaced by the median speed (None: all as given)."""
+    if certain is None or not machines:
+        return list(machines)
+    median = statistics.median(m.speed for m in machines)
+    return [m if m.name in certain else replace(m, speed=median) for m in machines]
+
+
 def choose_native_count(machines: Sequence[MachineSlots], work: float | None, *,
-                        max_per_slot: int = NATIVE_MAX_PER_SLOT) -> NativeChoice:
+                        max_per_slot: int = NATIVE_MAX_PER_SLOT,
+                        certain: Collection[str] | None = None) -> NativeChoice:
     """``shards: auto`` in native mode: the count whose simulated makespan is least.
 
     ``work`` is the suite's seconds of test time on a speed-1.0 machine (from history), None when unknown.
@@ -304,8 +315,13 @@ def choose_native_count(machines: Sequence[MachineSlots], work: float | None, *,
     its machine's start-up; more shards than slots win only when they beat one per slot by more than
     ``NATIVE_MIN_GAIN`` (machines that differ in speed enough to pay for the extra start-ups), and fewer
     shards than slots only when a slow machine's slot is not worth its start-up at all.
+
+    ``certain`` names the machines whose speed is known for certain; the others are simulated at the
+    fleet's median speed. A count other than one per slot pays extra start-ups (a Playwright shard's is
+    seconds) or leaves a slot idle, so it is never bet on a speed that one loaded run or a noisy
+    calibration suggested. None: every speed as given.
     """
-    usable = _usable(machines)
+    usable = _at_median_unless_certain(_usable(machines), certain)
     slots = sum(m.slots for m in usable)
     if not usable:
         return NativeChoice(1, "1 shard: no machine with a free slot")
@@ -336,7 +352,8 @@ def choose_native_count(machines: Sequence[MachineSlots], work: float | None, *,
 
 
 def native_shards(total: int | None, machines: Sequence[MachineSlots],
-                  strategy: Strategy = "dynamic", *, work: float | None = None) -> list[Shard]:
+                  strategy: Strategy = "dynamic", *, work: float | None = None,
+                  certain: Collection[str] | None = None) -> list[Shard]:
     """Shards for the suite's own sharding ({shard}/{total}): no files, expected unknown.
 
     Auto count: one per slot for the static strategy; :func:`choose_native_count` for dynamic.
@@ -348,19 +365,23 @@ def native_shards(total: int | None, machines: Sequence[MachineSlots],
     elif strategy == "static":
         n = max(1, sum(m.slots for m in _usable(machines)))
     else:
-        n = choose_native_count(machines, work).count
+        n = choose_native_count(machines, work, certain=certain).count
     return [Shard(id=sid, index=i, total=n) for i, sid in enumerate(shard_ids(n), start=1)]
 
 
 def native_why(n: int, machines: Sequence[MachineSlots], strategy: Strategy, explicit: bool, *,
-               work: float | None = None) -> str:
+               work: float | None = None, certain: Collection[str] | None = None) -> str:
     """The human reason for a native shard count (for ``fleetshard plan``)."""
     slots = sum(m.slots for m in _usable(machines))
     if explicit:
         return f"{n} shards as requested (native sharding)"
     if strategy == "static":
         return f"{n} shards: static strategy, one per slot ({slots} slots), native sharding"
-    return choose_native_count(machines, work).why + ", native sharding"
+    why = choose_native_count(machines, work, certain=certain).why
+    if certain is not None and any(m.name not in certain for m in _usable(machines)):
+        uncertain = sorted(m.name for m in _usable(machines) if m.name not in certain)
+        why += f"; speeds not known for certain counted as the median ({', '.join(uncertain)})"
+    return why + ", native sharding"
 
 
 def order_for_queue(shards: Sequence[Shard]) -> list[Shard]:

@@ -98,8 +98,11 @@ async def _prepare(ctx: RunContext, selected: Sequence[Machine], transports: Map
         # first shard on each machine then finds its connection ready (or its failure, once).
         connecting = {m.name: _preconnect(transports[m.name]) for m in selected}
     # Discovery (the runner's own listing can take a second or two) runs while the machines are probed.
+    # In native mode the runner's listing (only to map failures back to test ids; `playwright test --list`
+    # takes about 2 s) overlaps the probes the same way.
     discovery: asyncio.Future[Discovery] | None = None
-    if suite.mode != "native" and not ctx.opts.resume:
+    native_listing = suite.mode == "native" and suite.adapter.lists_tests and bool(suite.listing_command)
+    if (suite.mode != "native" or native_listing) and not ctx.opts.resume:
         discovery = asyncio.ensure_future(asyncio.to_thread(discover, suite, ctx.inv.base_dir))
     try:
         samples = _speed_samples(ctx, history)
@@ -132,7 +135,8 @@ async def _prepare(ctx: RunContext, selected: Sequence[Machine], transports: Map
     finally:
         if discovery is not None and not discovery.done():
             discovery.cancel()
-    shards, explain, source = build_shards(ctx, suite, slots, strategy, history, found)
+    shards, explain, source = build_shards(ctx, suite, slots, strategy, history, found,
+                                           certain={n for n, e in estimates.items() if e.certain})
     known_durations = bool(shards) and all(s.expected is not None for s in shards)
     if strategy == "dynamic" and source != "uniform":
         shards = planning.order_for_queue(shards)
@@ -255,7 +259,8 @@ def _native_work(history: Any, command: str) -> float | None:
 
 
 def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], strategy: str, history: Any,
-                 found: Discovery | None = None) -> tuple[list[Shard], str, str]:
+                 found: Discovery | None = None, *, certain: Collection[str] | None = None
+                 ) -> tuple[list[Shard], str, str]:
     opts = ctx.opts
     count = opts.shards or suite.config.shards
     resume = None
@@ -273,11 +278,12 @@ def build_shards(ctx: RunContext, suite: Suite, slots: Sequence[MachineSlots], s
             return shards, f"resuming {len(shards)} shards of run {opts.resume}", "uniform"
         if suite.adapter.lists_tests and suite.listing_command:
             # the runner splits the suite itself; its listing still maps failures back to test ids
-            ctx.listing = discover(suite, ctx.inv.base_dir).listing
+            ctx.listing = (found if found is not None else discover(suite, ctx.inv.base_dir)).listing
         work = _native_work(history, suite.command) if count is None else None
-        shards = planning.native_shards(count, slots, strategy, work=work)  # type: ignore[arg-type]
+        shards = planning.native_shards(count, slots, strategy, work=work,  # type: ignore[arg-type]
+                                        certain=certain)
         why = planning.native_why(len(shards), slots, strategy, explicit=count is not None,  # type: ignore[arg-type]
-                                  work=work)
+                                  work=work, certain=certain)
         return shards, why, "uniform"
     base = ctx.inv.base_dir
     if found is None:

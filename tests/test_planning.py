@@ -354,6 +354,22 @@ def test_native_auto_adds_shards_only_when_speeds_differ_enough() -> None:
     assert fewer.count == 2 and "not worth" in fewer.why
 
 
+def test_native_auto_does_not_bet_extra_startups_on_uncertain_speeds() -> None:
+    # One loaded run (or a noisy calibration) made h3 look 3x slower: with that speed taken as certain the
+    # count grows past one per slot; taken as uncertain, h3 counts as the median and each start-up is paid once.
+    seen = [MachineSlots("h1", 1, 1.0, 1.0), MachineSlots("h2", 1, 1.0, 1.0), MachineSlots("h3", 1, 0.33, 1.0)]
+    assert choose_native_count(seen, work=60.0, certain={"h1", "h2", "h3"}).count > 3
+    guarded = choose_native_count(seen, work=60.0, certain={"h1", "h2"})
+    assert guarded.count == 3 and "one per slot" in guarded.why
+    assert len(native_shards(None, seen, "dynamic", work=60.0, certain=set())) == 3
+    why = native_why(3, seen, "dynamic", False, work=60.0, certain={"h1", "h2"})
+    assert "not known for certain" in why and "h3" in why and why.endswith("native sharding")
+    # nor fewer shards than slots on the strength of an uncertain slow speed
+    costly = [MachineSlots(m.name, 1, m.speed, 5.0) for m in seen]
+    assert choose_native_count(costly, work=20.0).count == 2
+    assert choose_native_count(costly, work=20.0, certain=()).count == 3
+
+
 def test_native_auto_without_history_is_one_per_slot() -> None:
     choice = choose_native_count(MIXED, work=None)
     assert choice.count == 12 and "no history" in choice.why and choice.simulated == {}
