@@ -21,7 +21,7 @@ from .machines import MachineHandle
 from .model import MachineSlots, Shard
 from .probes import CALIBRATION_NOISE, probe_all
 from .runners import Listing
-from .speeds import Sample, SpeedEstimate, estimate_speeds
+from .speeds import Sample, SpeedEstimate, estimate_speeds, whole_files
 from .splitting import Split, join_parts, split_files
 from .suite import Discovery, Suite, assign_tests, discover, file_sizes
 from .transport import Transport
@@ -224,7 +224,7 @@ def _speed_samples(ctx: RunContext, history: Any) -> list[Sample]:
     except HistoryError as exc:
         ctx.notice(f"history: {exc}", "warning")
         return []
-    return samples
+    return whole_files(samples)     # a file split between machines in one run shows no speed
 
 
 def _calibrations(machines: Mapping[str, MachineHandle]) -> dict[str, float]:

@@ -12,6 +12,8 @@ Evidence, strongest first:
   of noise ``CONFOUNDED_NOISE`` however many files they cover; only comparisons spread over several runs
   give a machine its full weight (at most ``RUN_WEIGHT`` comparisons per run beyond the first). Their
   spread (MAD) sets the noise, never below ``COMPARISON_NOISE``.
+  A file timed on several machines in one run was split between them (different tests on each), and
+  says nothing (:func:`whole_files`, applied to what history returns).
 * **declared** in the inventory (``speed:``): the user's knowledge, fairly certain.
 * **calibration**: the probe's CPU loop, a rough first guess.
 * nothing: 1.0 and very uncertain.
@@ -95,6 +97,18 @@ def _mad_sigma(values: Sequence[float]) -> float:
         return 0.0
     med = statistics.median(values)
     return 1.4826 * statistics.median(abs(v - med) for v in values)
+
+
+def whole_files(samples: Iterable[Sample]) -> list[Sample]:
+    """The samples that time a whole file: a file timed on several machines in the same run was split
+    between them (native ``--shard`` of a ``fullyParallel`` Playwright suite, a file split by test id), so
+    each machine ran different tests of it and the timings compare the parts, not the machines. Those are
+    left out; the same file timed on different machines in different runs is what shows speeds."""
+    items = list(samples)
+    machines: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in items:
+        machines[(s.run_id, s.file)].add(s.machine)
+    return [s for s in items if len(machines[(s.run_id, s.file)]) == 1]
 
 
 def learn(samples: Iterable[Sample]) -> dict[str, _Learned]:

@@ -9,7 +9,7 @@ import pytest
 
 from fleetshard.model import MachineSlots, Shard
 from fleetshard.planning import lpt_assign
-from fleetshard.speeds import CERTAIN_SE, Sample, estimate_speeds
+from fleetshard.speeds import CERTAIN_SE, Sample, estimate_speeds, whole_files
 
 NAMES = ["h1", "h2", "h3", "h4"]
 SLOWNESS = {"h1": 1.0, "h2": 1.0, "h3": 2.0, "h4": 3.0}
@@ -119,3 +119,16 @@ def test_planning_speeds_never_bet_on_an_uncertain_fast_machine() -> None:
     # runs that agree: certain speeds are planned as measured
     honest = estimate_speeds(NAMES, honest_runs(6))
     assert planning_speeds(honest)["h4"] == honest["h4"].speed
+
+
+def test_a_file_split_between_machines_in_one_run_shows_no_speed() -> None:
+    # Native --shard of one fullyParallel spec: every run, each machine runs a different third of the file.
+    # h3's third happens to hold the slow tests; that is the partition, not h3.
+    split = [Sample(f"r{r}", "demo.spec.ts", m, d) for r in range(5)
+             for m, d in (("h1", 30.0), ("h2", 30.0), ("h3", 60.0))]
+    assert whole_files(split) == []
+    assert estimate_speeds(["h1", "h2", "h3"], whole_files(split))["h3"].source == "default"
+    # whole files that meet other machines in other runs still count, and so do the runs' other files
+    rotated = honest_runs(3)
+    assert whole_files(rotated) == rotated
+    assert whole_files([*split, *rotated]) == rotated
