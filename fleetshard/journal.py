@@ -162,6 +162,7 @@ def _ended(path: Path) -> bool:
 
 
 def _append(path: Path, entry: dict[str, Any]) -> None:
+    _scans.clear()
     try:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
@@ -253,10 +254,29 @@ def recover_runs(base_dir: Path, history: Any) -> list[str]:
     return recovered
 
 
+SCAN_FRESH = 2.0           # seconds one look for interrupted runs serves every machine of a starting run
+_scans: dict[Path, tuple[float, int, list[tuple[Path, list[dict[str, Any]]]]]] = {}
+
+
+def _interrupted_now(runs_dir: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
+    """:func:`interrupted_journals`, looked up once for all the machines of a run that start together
+    (again after SCAN_FRESH seconds, once a run directory was added, or after anything was appended)."""
+    try:
+        listed = runs_dir.stat().st_mtime_ns
+    except OSError:
+        listed = 0
+    now = time.monotonic()
+    hit = _scans.get(runs_dir)
+    if hit is None or now - hit[0] > SCAN_FRESH or hit[1] != listed:
+        hit = (now, listed, list(interrupted_journals(runs_dir)))
+        _scans[runs_dir] = hit
+    return hit[2]
+
+
 def dead_runs_on(base_dir: Path, machine: str) -> list[tuple[Path, str]]:
     """Interrupted runs that used ``machine`` and whose processes there were not swept yet."""
     found = []
-    for path, entries in interrupted_journals(base_dir / ".fleetshard" / "runs"):
+    for path, entries in _interrupted_now(base_dir / ".fleetshard" / "runs"):
         used = {e.get("machine") for e in entries if e.get("kind") == "started"}
         swept = {e.get("machine") for e in entries if e.get("kind") == "swept"}
         if machine in used and machine not in swept:
