@@ -179,6 +179,28 @@ def test_ctrl_c_during_a_warm_run_leaves_nothing_running(fleet: SshFleet, fleet_
     assert fleet.wait_no_processes(10) == []
 
 
+def test_a_killed_coordinator_leaves_no_worker_running(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                       workspace: Path) -> None:  # noqa: F811
+    flag = workspace / "started"
+    started = f"import pathlib, time\n\ndef test_slow():\n    pathlib.Path({str(flag)!r}).touch()\n" \
+              f"    time.sleep(300)\n"
+    root = tiny_suite(workspace / "s", {"test_slow.py": started, "test_others.py": OTHERS})
+    workspace.chmod(0o777)
+    inv = fleet_inventory(root / "machines.yaml", machines=["h1", "h2"],
+                          extra_machine_keys={m: {"workdir": str(root)} for m in ("h1", "h2")},
+                          suite=tiny_keys(suite_python(), timeout=300))
+    with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert flag.exists(), "the slow test never started"
+        proc.kill()                                 # SIGKILL: no cleanup of fleetshard's own
+        proc.wait(10)
+    # each worker's watcher sees its channel close and ends the worker's group (the idle ones too)
+    assert fleet.wait_no_processes(15) == []
+
+
 TWO_FAILURES = "def test_a():\n    assert False\n\ndef test_b():\n    pass\n"
 
 
