@@ -317,7 +317,7 @@ def _cd(workdir: str) -> str:
 
 
 def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                  token: str | None = None, watch: bool = False, pid: str = "$$") -> str:
+                  token: str | None = None, watch: bool = False, pid: str = "$$", wake: str = "") -> str:
     """The sh script that runs ``command`` (a shell line) in ``cwd`` with ``env``.
 
     ``command`` is a shell line on purpose (the suite's command template, whose placeholders were
@@ -330,7 +330,8 @@ def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str
     command itself gets /dev/null as its stdin.
 
     ``pid`` is the shell word the process-group line reports: ``$$`` for a shell that sshd started
-    (a session and group leader), ``$BASHPID`` for a job of a persistent shell (see slots.py).
+    (a session and group leader), ``$BASHPID`` for a job of a slot shell (see slots.py); ``wake`` is
+    a command the exit trap runs last (a slot shell's job tells its shell it is over).
     """
     parts: list[str] = ["exec 2>&1"]          # one stream, in the order things were written
     if cwd:
@@ -356,7 +357,7 @@ def shell_wrapper(command: str, *, cwd: str | None = None, env: Mapping[str, str
         # An EXIT trap reports the status even when the command calls `exit`; the newline before the
         # marker puts it on a line of its own when the command's output did not end with one.
         parts.append(f"trap 'fleetshard_s=$?; {unwatch}"
-                     f"printf \"\\n{EXIT_MARKER} {token} %d\\n\" $fleetshard_s' EXIT")
+                     f"printf \"\\n{EXIT_MARKER} {token} %d\\n\" $fleetshard_s{wake}' EXIT")
     elif watch:
         parts.append(f"trap 'fleetshard_s=$?; {unwatch}exit $fleetshard_s' EXIT")
     # eval, not `exec /bin/sh -c`: one shell fewer per shard (a fifth of the remote cost of a trivial

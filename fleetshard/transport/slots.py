@@ -49,61 +49,74 @@ from .base import CHUNK, LINGER, PREAMBLE_LIMIT, SIGNAL_WAIT, OutputParser, Outp
 
 SLOT_MARKER = "__fleetshard_slot__"
 NOSLOT_MARKER = "__fleetshard_noslot__"
-RUN_MARKER = "__fleetshard_run__"
 DONE_MARKER = "__fleetshard_done__"
 
-# The slot shell (bash); its variables start with fs_. Each shard gets a waiter (a job, so a process
-# group of its own) that starts the shard as a job of its own (another group), waits for it with job
-# control off again (a stopped shard is not over), and prints the done line; the shell itself only
-# reads. `read -N` reads a script in one go (a line-by-line read costs a system call per byte), in
-# the C locale so that characters are bytes; the shard gets the caller's LC_ALL back.
+# The slot shell (bash); its variables start with fs_, and fd 19 is its queue (a FIFO it opened and
+# unlinked): a forwarder copies the channel's stdin into it, and each shard's exit trap writes its wake
+# line there, so one blocking read waits for "a script came" and "the shard ended" alike. A shard that
+# ends without its trap (killed, or it exec'ed) is noticed by polling (POLL) or at the coordinator's
+# poke after a kill. `read -N` reads a script in one go (a line-by-line read costs a system call per
+# byte), in the C locale so that characters are bytes; the shard gets the caller's LC_ALL back. With
+# job control on, `wait` also returns when a job stops: a stopped shard is not over.
 SERVER = r"""
 exec 2>/dev/null
 set -m
 case $- in *m*) ;; *) printf '%s %s\n' __fleetshard_noslot__ "$1"; exit 0 ;; esac
+fs_d=$(mktemp -d) && mkfifo "$fs_d/q" && exec 19<>"$fs_d/q"
+fs_rc=$?
+rm -rf "$fs_d"
+[ "$fs_rc" -eq 0 ] || { printf '%s %s\n' __fleetshard_noslot__ "$1"; exit 0; }
 trap : PIPE HUP
+{ cat; printf '\ne\n'; } >&19 &
+exec </dev/null
 fs_lc=${LC_ALL+set} fs_lcv=${LC_ALL-}
 LC_ALL=C
-fs_w=
+fs_pg= fs_t= fs_last= fs_acc=
+fs_end() {
+  wait "$fs_pg"; fs_s=$?
+  kill -0 "$fs_pg" 2>/dev/null && return 0
+  fs_left=0
+  if kill -0 -- "-$fs_pg" 2>/dev/null; then fs_left=1; fs_last=$fs_pg; fi
+  fs_pg=
+  printf '__fleetshard_done__ %s %d %d\n' "$fs_t" "$fs_s" "$fs_left"
+}
+fs_reap() { [ -n "$fs_pg" ] && ! kill -0 "$fs_pg" 2>/dev/null && fs_end; }
+fs_kill() { for fs_g in $fs_pg $fs_last; do kill "-$1" -- "-$fs_g"; kill -CONT -- "-$fs_g"; done 2>/dev/null; }
+fs_any() { for fs_g in $fs_pg $fs_last; do kill -0 -- "-$fs_g" 2>/dev/null && return 0; done; return 1; }
 printf '%s %s\n' __fleetshard_slot__ "$1"
 while :; do
-  IFS= read -r fs_l; fs_rc=$?
-  [ "$fs_rc" -gt 128 ] && continue
+  if [ -n "$fs_pg" ]; then IFS= read -r -t POLL -u 19 fs_l; else IFS= read -r -u 19 fs_l; fi
+  fs_rc=$?
+  if [ "$fs_rc" -gt 128 ]; then fs_acc=$fs_acc$fs_l; fs_reap; continue; fi
   [ "$fs_rc" -eq 0 ] || break
-  case $fs_l in "__fleetshard_run__ "*) ;; *) continue ;; esac
-  fs_l=${fs_l#__fleetshard_run__ }
-  fs_n=${fs_l#* } fs_t=${fs_l%% *}
-  fs_x=
-  IFS= read -r -N "$fs_n" fs_x || break
-  [ -n "$fs_w" ] && wait "$fs_w"
-  (
-    fs_stop() {
-      trap '' TERM
-      kill -TERM -- "-$fs_g"; kill -CONT -- "-$fs_g"
-      fs_i=0
-      while kill -0 -- "-$fs_g" && [ "$fs_i" -lt 20 ]; do sleep 0.1; fs_i=$((fs_i+1)); done
-      kill -KILL -- "-$fs_g"
-      exit 0
-    } 2>/dev/null
-    trap fs_stop TERM
-    set -m
-    (
-      if [ -n "$fs_lc" ]; then LC_ALL=$fs_lcv; else unset LC_ALL; fi
-      eval "$fs_x"
-    ) </dev/null &
-    fs_g=$!
-    set +m
-    wait "$fs_g"; fs_s=$?
-    fs_left=0
-    kill -0 -- "-$fs_g" 2>/dev/null && fs_left=1
-    printf '__fleetshard_done__ %s %d %d\n' "$fs_t" "$fs_s" "$fs_left"
-    # Leftovers: kept until the channel closes and the shell TERMs this waiter (fs_stop).
-    while [ "$fs_left" = 1 ] && kill -0 -- "-$fs_g" 2>/dev/null; do sleep 1 & wait $!; done
-  ) </dev/null &
-  fs_w=$!
+  fs_l=$fs_acc$fs_l fs_acc=
+  case $fs_l in
+    "r "*)
+      fs_l=${fs_l#r }
+      fs_n=${fs_l#* } fs_l=${fs_l%% *}
+      fs_x=
+      IFS= read -r -N "$fs_n" -u 19 fs_x || break
+      fs_reap
+      [ -n "$fs_pg" ] && continue
+      fs_t=$fs_l
+      (
+        if [ -n "$fs_lc" ]; then LC_ALL=$fs_lcv; else unset LC_ALL; fi
+        eval "$fs_x"
+      ) </dev/null &
+      fs_pg=$! ;;
+    "w $fs_t") [ -n "$fs_pg" ] && fs_end ;;
+    p) fs_reap ;;
+    e) break ;;
+  esac
 done
-[ -n "$fs_w" ] && kill -TERM "$fs_w" && wait "$fs_w"
-"""
+fs_kill TERM
+fs_i=0
+while fs_any && [ "$fs_i" -lt 20 ]; do sleep 0.1; fs_i=$((fs_i+1)); done
+fs_kill KILL
+""".replace("POLL", "0.25")
+
+# What a shard's exit trap runs last: the wake line on the shell's queue.
+WAKE = "; echo w {token} >&19"
 
 
 def launcher(token: str) -> str:
@@ -201,8 +214,13 @@ class SlotShell:
         proc = SlotProcess(self, token, on_line)
         self.current = proc
         body = script.encode()
-        self.proc.stdin.write(f"{RUN_MARKER} {token} {len(body)}\n".encode() + body)
+        self.proc.stdin.write(f"r {token} {len(body)}\n".encode() + body)
         return proc
+
+    def poke(self) -> None:
+        """Have the shell look at once whether its shard has ended (after a kill: no exit trap ran)."""
+        if not self.closed and not self.proc.is_closing():
+            self.proc.stdin.write(b"p\n")
 
     def finished(self, proc: SlotProcess, reusable: bool) -> None:
         if self.current is proc:

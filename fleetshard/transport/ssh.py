@@ -38,7 +38,7 @@ from .base import (
     shell_wrapper,
 )
 from .handshake import handshake_slot
-from .slots import SlotProcess, SlotShell, launcher
+from .slots import WAKE, SlotProcess, SlotShell, launcher
 
 _T = TypeVar("_T")
 
@@ -525,7 +525,8 @@ class SshTransport:
         if not stdin and self.persistent_shells is not False:
             shell = await self._slot_shell()
             if shell is not None:
-                script = shell_wrapper(command, cwd=cwd, env=env, token=token, pid="$BASHPID")
+                script = shell_wrapper(command, cwd=cwd, env=env, token=token, pid="$BASHPID",
+                                       wake=WAKE.format(token=token))
                 return shell.start(script, token, on_line)
         script = _sh(shell_wrapper(command, cwd=cwd, env=env, token=token, watch=not stdin))
         try:
@@ -601,9 +602,10 @@ class SshTransport:
             await self.run(kill_script(pgids, signal, markers=markers), timeout=self.machine.connect_timeout + 5)
         except ConnectError:
             pass
-        if signal == "KILL":
-            for shell in list(self._shells):
-                if shell.current is not None and shell.current.pgid in pgids:
+        for shell in list(self._shells):
+            if shell.current is not None and shell.current.pgid in pgids:
+                shell.poke()
+                if signal == "KILL":
                     shell.current.killed()
 
     async def rtt(self) -> float:
