@@ -321,7 +321,12 @@ class WarmPool:
         if made.exit_status != 0:
             raise WorkerError(f"cannot create {rel} on {h.name}: {made.error or out.strip()[-200:]}")
         base = h.workdir.rstrip("/") or "/"
-        await h.transport.put_file(str(PLUGIN_SOURCE), f"{base}/{rel}/{PLUGIN_MODULE}.py")
+        try:
+            await h.transport.put_file(str(PLUGIN_SOURCE), f"{base}/{rel}/{PLUGIN_MODULE}.py")
+        except ConnectError:
+            raise
+        except Exception as exc:  # an SFTP or scp refusal: the machine cannot take warm workers
+            raise WorkerError(f"cannot copy the pytest worker plugin to {h.name}: {exc}") from exc
         return rel
 
     async def acquire(self) -> WarmWorker:
@@ -354,8 +359,8 @@ class WarmPool:
         self.workers.append(worker)
         try:
             await worker.start()
-        except (WorkerError, ConnectError, OSError):
-            pass                  # the shard that needs a worker starts its own, and reports why not
+        except Exception:  # the shard that needs a worker starts its own, and reports why not
+            pass
         else:
             self.release(worker)
         finally:
