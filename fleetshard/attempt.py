@@ -115,7 +115,7 @@ class Attempt:
             finally:
                 if reason:
                     out.note(f"# {outcome}: {reason}")
-                await out.aclose()
+                out.close()
             if run.result.warning:
                 ctx.warn_once("output", f"{shard.id} attempt {self.number}: {run.result.warning}")
             run.ended = ctx.now()           # busy time and learned durations exclude the download phase
@@ -166,7 +166,7 @@ class Attempt:
             def stream(line: str) -> None:
                 emit(OutputLine(machine=machine, shard_id=shard_id, attempt=number, line=line, at=now()))
 
-        out = ShardOutput(run.log_path, lambda text: ctx.warn_once("log", text), stream, background=True)
+        out = ShardOutput(run.log_path, lambda text: ctx.warn_once("log", text), stream)
         run.tail = out.tail.lines
         return out
 

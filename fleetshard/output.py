@@ -9,7 +9,6 @@ tail and the verdict are kept either way. Memory is bounded whatever the length 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import Callable
 from pathlib import Path
@@ -65,20 +64,10 @@ class Tail:
             self._partial, self._dropped = "", 0
 
 
-def _open_log(path: Path) -> TextIO:
-    return open(path, "w", encoding="utf-8", errors="replace")
-
-
 class ShardOutput:
-    """An OutputSink for one attempt. ``stream`` gets each line (cut) when the user asked for them.
+    """An OutputSink for one attempt. ``stream`` gets each line (cut) when the user asked for them."""
 
-    With ``background=True`` (inside an event loop) the log file is created in a worker thread: creating
-    a file costs 0.2-1 ms of kernel time on some file systems, which the loop then does not wait for.
-    What is written meanwhile is kept and written once the file is open; :meth:`aclose` waits for it.
-    """
-
-    def __init__(self, log_path: Path, warn: Warn, stream: Callable[[str], None] | None = None, *,
-                 background: bool = False) -> None:
+    def __init__(self, log_path: Path, warn: Warn, stream: Callable[[str], None] | None = None) -> None:
         self.log_path = log_path
         self.warn = warn
         self.tail = Tail()
@@ -86,45 +75,14 @@ class ShardOutput:
         self.log_error: str | None = None
         self._stream = Lines(self._publish) if stream is not None else None
         self._on_line = stream
-        self._pending: list[str] | None = None      # written before the file was open
-        self._opening: asyncio.Future[TextIO] | None = None
-        self._close_when_open = False
-        if background:
-            self._pending = []
-            self._opening = asyncio.get_running_loop().run_in_executor(None, _open_log, log_path)
-            self._opening.add_done_callback(self._opened)
-            return
         try:
-            self.log = _open_log(log_path)
+            self.log = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed in close())
         except OSError as exc:
             self._log_failed(exc)
 
-    def _opened(self, opening: asyncio.Future[TextIO]) -> None:
-        pending, self._pending = self._pending or [], None
-        try:
-            self.log = opening.result()
-        except (OSError, asyncio.CancelledError) as exc:
-            self._log_failed(exc)
-            return
-        if pending:
-            self._to_log("".join(pending))
-        if self._close_when_open:
-            self.close()
-
-    def _to_log(self, text: str) -> None:
-        if self._pending is not None:
-            self._pending.append(text)
-        elif self.log is not None:
-            try:
-                self.log.write(text)
-            except (OSError, ValueError) as exc:
-                self._log_failed(exc)
-
     # -- the sink -------------------------------------------------------------------------------------
     def write(self, text: str) -> None:
-        if self._pending is not None:
-            self._pending.append(text)
-        elif self.log is not None:
+        if self.log is not None:
             try:
                 self.log.write(text)
             except (OSError, ValueError) as exc:
@@ -151,20 +109,13 @@ class ShardOutput:
     # -- fleetshard's own lines in the log ------------------------------------------------------------
     def note(self, text: str) -> None:
         """A line of fleetshard's own (``# machine: command``, ``# outcome: reason``) in the log."""
-        self._to_log(text + "\n")
-
-    async def aclose(self) -> None:
-        """Close the log once it is open and written."""
-        try:
-            if self._opening is not None and not self._opening.done():
-                await asyncio.wait([self._opening])
-        finally:
-            self.close()
+        if self.log is not None:
+            try:
+                self.log.write(text + "\n")
+            except (OSError, ValueError) as exc:
+                self._log_failed(exc)
 
     def close(self) -> None:
-        if self._pending is not None:               # still opening: closed as soon as it is open
-            self._close_when_open = True
-            return
         if self.log is not None:
             log, self.log = self.log, None
             try:

@@ -56,34 +56,3 @@ def test_a_failing_view_stops_streaming_only(tmp_path: Path) -> None:
     out.close()
     assert len(warnings) == 1 and "Broken pipe" in warnings[0]
     assert (tmp_path / "b.log").read_text() == "a\nb\nc\n" and list(out.tail.lines) == ["a", "b", "c"]
-
-
-def test_a_log_opened_in_the_background_keeps_everything_in_order(tmp_path: Path) -> None:
-    import asyncio
-
-    async def go() -> None:
-        out = ShardOutput(tmp_path / "c.log", warn=lambda _: None, background=True)
-        out.note("# h1: cmd")
-        out.write("one\ntw")
-        await asyncio.sleep(0.05)
-        out.write("o\n")
-        out.note("# passed")
-        await out.aclose()
-
-    asyncio.run(go())
-    assert (tmp_path / "c.log").read_text() == "# h1: cmd\none\ntwo\n# passed\n"
-
-
-def test_a_log_that_cannot_be_created_in_the_background_is_one_warning() -> None:
-    import asyncio
-
-    warnings: list[str] = []
-
-    async def go() -> ShardOutput:
-        out = ShardOutput(Path("/nonexistent/dir/x.log"), warn=warnings.append, background=True)
-        out.write("text\n")
-        await out.aclose()
-        return out
-
-    out = asyncio.run(go())
-    assert len(warnings) == 1 and "not fully written" in warnings[0] and list(out.tail.lines) == ["text"]
