@@ -124,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
                                                 "--directory app",
                                      "ready": "http://127.0.0.1:$TODOMVC_PORT/todomvc/", "timeout": 30}]
             extra = {m: {"workdir": str(project), **ports[m]} for m in f.names}
-            return f.write_inventory(project / f"machines-{label}.yaml", slots=1, suite=keys,
-                                     extra_machine_keys=extra, top={"history": str(d / "history.db")})
+            written = f.write_inventory(project / f"machines-{label}.yaml", slots=1, suite=keys,
+                                        extra_machine_keys=extra, top={"history": str(d / "history.db")})
+            label_dir[written] = f"{label}/history.db"
+            return written
 
         details: list[str] = []
+        label_dir: dict[Path, str] = {}
 
         def fleetshard_row(label: str, inv: Path, runs: int) -> None:
             results = []
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     why = json.loads(planned.out)["shards_why"]
                 except (ValueError, KeyError):
                     why = f"(plan failed: {planned.err[-300:]})"
-                learned = _startup(inv.parent / "history.db", project)
+                learned = _startup(base / label_dir[inv], project)
                 report, junit = inv.parent / f"r-{label}-{i}.json", base / f"j-{label}-{i}.xml"
                 began = time.time()
                 t = timed(fleetshard_argv("run", "-i", inv, "--no-live", "-q", "--json-report", report,
