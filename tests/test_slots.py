@@ -166,3 +166,23 @@ def test_without_a_slot_shell_each_shard_gets_its_channel(fleet: SshFleet, monke
         assert t.persistent_shells is False
 
     with_transport(fleet, "h1", body)
+
+
+def test_a_shell_that_hears_nothing_from_its_coordinator_ends(fleet: SshFleet) -> None:
+    """A partition sshd never notices: the shell takes a coordinator silent for a few keepalive
+    intervals for gone, and ends itself and its shard."""
+
+    async def go() -> list[int]:
+        m = ssh_machine(fleet, "h4")
+        transport = SshTransport(Machine(**{**m.__dict__, "server_alive_interval": 1.0}))
+        await transport.connect()
+        try:
+            await transport.start("sleep 60", cwd=None, env={}, on_line=lambda _: None)
+            await asyncio.sleep(0.5)
+            assert transport._heartbeat is not None
+            transport._heartbeat.cancel()             # as if the link were cut: nothing reaches the shell
+            return await asyncio.to_thread(fleet.wait_no_processes, 15, "h4")
+        finally:
+            await transport.close()
+
+    assert asyncio.run(go()) == []

@@ -71,7 +71,7 @@ trap : PIPE HUP
 exec </dev/null
 fs_lc=${LC_ALL+set} fs_lcv=${LC_ALL-}
 LC_ALL=C
-fs_pg= fs_t= fs_last= fs_acc=
+fs_pg= fs_t= fs_last= fs_acc= fs_seen=$SECONDS fs_quiet=$2
 fs_end() {
   wait "$fs_pg"; fs_s=$?
   kill -0 "$fs_pg" 2>/dev/null && return 0
@@ -85,10 +85,17 @@ fs_kill() { for fs_g in $fs_pg $fs_last; do kill "-$1" -- "-$fs_g"; kill -CONT -
 fs_any() { for fs_g in $fs_pg $fs_last; do kill -0 -- "-$fs_g" 2>/dev/null && return 0; done; return 1; }
 printf '%s %s\n' __fleetshard_slot__ "$1"
 while :; do
-  if [ -n "$fs_pg" ]; then IFS= read -r -t POLL -u 19 fs_l; else IFS= read -r -u 19 fs_l; fi
+  if [ -n "$fs_pg" ]; then fs_to=POLL; else fs_to=1; fi
+  IFS= read -r -t "$fs_to" -u 19 fs_l
   fs_rc=$?
-  if [ "$fs_rc" -gt 128 ]; then fs_acc=$fs_acc$fs_l; fs_reap; continue; fi
+  if [ "$fs_rc" -gt 128 ]; then
+    fs_acc=$fs_acc$fs_l
+    fs_reap
+    [ $((SECONDS - fs_seen)) -gt "$fs_quiet" ] && break
+    continue
+  fi
   [ "$fs_rc" -eq 0 ] || break
+  fs_seen=$SECONDS
   fs_l=$fs_acc$fs_l fs_acc=
   case $fs_l in
     "r "*)
@@ -119,10 +126,13 @@ fs_kill KILL
 WAKE = "; echo w {token} >&19"
 
 
-def launcher(token: str) -> str:
-    """The sh line that starts the slot shell, or says it cannot (no bash, no job control)."""
+def launcher(token: str, quiet: float = 30) -> str:
+    """The sh line that starts the slot shell, or says it cannot (no bash, no job control). The shell
+    gives up (as at the end of its input) after ``quiet`` seconds without a line from the coordinator,
+    which pokes it more often than that (SshTransport): a coordinator cut off by a partition leaves
+    nothing running there, even where sshd never notices that the connection is dead."""
     return (f"unset BASH_ENV ENV; command -v bash >/dev/null 2>&1 || {{ echo {NOSLOT_MARKER} {token}; exit 0; }}; "
-            f"exec bash --noprofile --norc -c {shlex.quote(SERVER)} fleetshard-slot {token}")
+            f"exec bash --noprofile --norc -c {shlex.quote(SERVER)} fleetshard-slot {token} {int(quiet)}")
 
 
 Kill = Callable[[Sequence[int], str], Awaitable[None]]

@@ -269,6 +269,7 @@ class SshTransport:
         self.persistent_shells: bool | None = None if persistent_shells else False
         self._idle: list[SlotShell] = []
         self._shells: set[SlotShell] = set()
+        self._heartbeat: asyncio.Future[None] | None = None
         self.name = machine.name
         self.accept_new = accept_new_host_keys
         self.channels_per_connection = channels_per_connection
@@ -544,9 +545,10 @@ class SshTransport:
             if not shell.closed:
                 return shell
         token = new_token()
+        quiet = self._heartbeat_interval() * (self.machine.server_alive_count_max or KEEPALIVE_COUNT_MAX) + 5
         try:
             c, proc = await self._channel(lambda conn: conn.create_process(
-                _sh(launcher(token)), stderr=asyncssh.STDOUT, encoding=None))
+                _sh(launcher(token, quiet)), stderr=asyncssh.STDOUT, encoding=None))
         except (asyncssh.Error, OSError) as exc:
             raise ConnectError(f"{self.name}: cannot start command: {_reason(exc)}", machine=self.name) from exc
         shell = SlotShell(proc, token, kill=self.kill_groups, release=c.release, lost=lambda: c.lost_reason,
@@ -567,7 +569,22 @@ class SshTransport:
                 self.persistent_shells = False          # a channel per shard from now on
             return None
         self.persistent_shells = True
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.ensure_future(self._poke_shells())
         return shell
+
+    def _heartbeat_interval(self) -> float:
+        m = self.machine
+        return m.server_alive_interval if m.server_alive_interval is not None else max(1.0, m.connect_timeout)
+
+    async def _poke_shells(self) -> None:
+        """A line to every slot shell once per keepalive interval: a shell that hears nothing for a few
+        of them takes its coordinator for gone (see slots.launcher)."""
+        while self._shells:
+            await asyncio.sleep(self._heartbeat_interval())
+            for shell in list(self._shells):
+                shell.poke()
+            self._shells = {s for s in self._shells if not s.closed}
 
     async def run(self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None,
                   stdin: str | None = None, timeout: float | None = None) -> tuple[ProcessResult, str]:
@@ -701,6 +718,8 @@ class SshTransport:
 
     async def close(self) -> None:
         self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for shell in list(self._shells):
             shell.close()
         self._shells.clear()
