@@ -199,7 +199,8 @@ class WarmWorker:
         stream = _Stream(self.token, self._on_message, self._out)
         self.proc = await h.transport.start(command, cwd=h.workdir, env=env, on_line=stream, stdin=True)
         self.ended = asyncio.ensure_future(self.proc.wait())
-        self.proc.write(json.dumps({"token": self.token}) + "\n")
+        self.proc.write(json.dumps({"token": self.token, "quiet": self.pool.quiet}) + "\n")
+        self.pool.heartbeat()
         ready = asyncio.ensure_future(self._ready.wait())
         try:
             waits: set[asyncio.Future[Any]] = {ready, self.ended}
@@ -307,6 +308,33 @@ class WarmPool:
         self._waiting = 0                     # shards waiting for one of them
         self._warmed = asyncio.Event()
         self.warm_tasks: list[asyncio.Future[None]] = []
+        self._heartbeat: asyncio.Future[None] | None = None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between pings: the machine's keepalive interval."""
+        m = self.handle.machine
+        return m.server_alive_interval if m.server_alive_interval is not None else max(1.0, m.connect_timeout)
+
+    @property
+    def quiet(self) -> float:
+        """Seconds of silence after which a worker takes its coordinator for gone (and ends)."""
+        return max(30.0, 4 * self.interval)
+
+    def heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.ensure_future(self._ping())
+
+    async def _ping(self) -> None:
+        """A line to every live worker once per keepalive interval (see the plugin's watcher)."""
+        while True:
+            await asyncio.sleep(self.interval)
+            for worker in self.workers:
+                if worker.alive and worker.proc is not None:
+                    try:
+                        worker.proc.write('{"op":"ping"}\n')
+                    except (OSError, ConnectError):
+                        pass
 
     async def plugin(self) -> str:
         """Copy the plugin into the run's directory on the machine, once; its directory (from the workdir)."""
@@ -377,6 +405,8 @@ class WarmPool:
 
     async def close(self, grace: float, *, quit: bool = True) -> None:
         """The run is over: every worker finishes its session (``quit``), or is killed."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for task in self.warm_tasks:
             task.cancel()
         await asyncio.gather(*self.warm_tasks, return_exceptions=True)

@@ -266,3 +266,34 @@ def test_reported_tests_are_counted_in_the_status_line() -> None:
         state.apply(TestReported(machine="h1", shard_id="s001", attempt=1, test=test, when=when,
                                  outcome="passed", duration=0.1, at=0.0))
     assert "2 tests" in state.status_line()
+
+
+def test_a_worker_whose_coordinator_falls_silent_ends(tmp_path: Path) -> None:
+    """A partition sshd never notices: the channel stays open but nothing comes. After the hello's
+    ``quiet`` seconds without a line the watcher ends the worker's process group."""
+    import os
+
+    from fleetshard.warm import PLUGIN_SOURCE
+
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "fleetshard_worker.py").write_text(PLUGIN_SOURCE.read_text())
+    (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(plugin), "PYTEST_ADDOPTS": "-p fleetshard_worker",
+           "FLEETSHARD_WARM_WORKER": "1"}
+    with subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=tmp_path,
+                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(b'{"token": "abc", "quiet": 1}\n')
+        proc.stdin.flush()                          # and then nothing, with the pipe still open
+        start = time.monotonic()
+        try:
+            proc.wait(timeout=90)               # without the silence rule it would wait forever
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+        assert time.monotonic() - start < 90
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        assert "__fleetshard_w__ abc" in out and '"ev":"ready"' in out
+        proc.stdin.close()

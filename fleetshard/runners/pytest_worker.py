@@ -4,7 +4,9 @@ fleetshard copies this file into the run's directory on each machine and starts 
 with ``-p fleetshard_worker``. That pytest starts once (imports, conftest, plugins) and then, instead of
 collecting and running the whole suite, reads requests from its stdin, one JSON object per line:
 
-    {"token": "..."}                                   first line: the token its messages carry
+    {"token": "...", "quiet": 60}                      first line: the token its messages carry, and
+                                                       how long the coordinator may stay silent
+    {"op": "ping"}                                     the coordinator is there (at least every quiet/4 s)
     {"op": "run", "id": 7, "args": ["tests/test_a.py"]}   collect these node ids or files, run them
     {"op": "quit"}                                     finish the session and exit
 
@@ -61,7 +63,10 @@ def _own_environment() -> None:
 
 
 def _watch(stdin: int, forward: int, parent: int) -> None:
-    """The watcher: stdin -> ``forward`` until stdin closes, then the worker's group goes."""
+    """The watcher: stdin -> ``forward`` until stdin closes, then the worker's group goes. After the
+    first line (the hello, which says how long the coordinator may stay silent: it pings more often),
+    silence counts as a closed stdin too: a coordinator cut off by a partition, which sshd may never
+    notice, leaves nothing running."""
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -71,15 +76,29 @@ def _watch(stdin: int, forward: int, parent: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    quiet: float | None = None
+    heard = time.monotonic()
+    first = b""
     while True:
         ready, _, _ = select.select([stdin], [], [], 1.0)
         if not ready:
             if os.getppid() != parent:            # the worker ended by itself
                 os._exit(0)
+            if quiet is not None and time.monotonic() - heard > quiet:
+                break
             continue
         data = os.read(stdin, 1 << 16)
         if not data:
             break
+        heard = time.monotonic()
+        if quiet is None:
+            first += data
+            if b"\n" in first:
+                try:
+                    quiet = float(json.loads(first.split(b"\n", 1)[0]).get("quiet") or 0) or None
+                except (ValueError, AttributeError):
+                    pass
+                quiet = quiet or 1e9
         try:
             while data:
                 data = data[os.write(forward, data):]
