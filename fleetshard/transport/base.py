@@ -273,6 +273,16 @@ class OutputParser:
         self.pgid_seen.set()
 
 
+async def known_pgid(parser: OutputParser) -> int | None:
+    """The process group the wrapper reported on its first line, waited for at most SIGNAL_WAIT seconds
+    (None: it never came)."""
+    try:
+        await asyncio.wait_for(parser.pgid_seen.wait(), SIGNAL_WAIT)
+    except TimeoutError:
+        pass
+    return parser.pgid
+
+
 async def pump(read: Callable[[int], Awaitable[bytes]], parser: OutputParser) -> None:
     """Read a process's output by chunks into ``parser`` until it ends (a line may be longer than any
     buffer), then close the parser, whatever the reading raised."""

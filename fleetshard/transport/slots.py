@@ -45,7 +45,7 @@ from typing import Any
 
 import asyncssh
 
-from .base import CHUNK, LINGER, PREAMBLE_LIMIT, SIGNAL_WAIT, OutputParser, OutputTarget, ProcessResult
+from .base import CHUNK, LINGER, PREAMBLE_LIMIT, SIGNAL_WAIT, OutputParser, OutputTarget, ProcessResult, known_pgid
 
 SLOT_MARKER = "__fleetshard_slot__"
 NOSLOT_MARKER = "__fleetshard_noslot__"
@@ -356,12 +356,9 @@ class SlotProcess:
         return await asyncio.shield(self._result)
 
     async def signal_group(self, signal: str) -> None:
-        try:
-            await asyncio.wait_for(self._parser.pgid_seen.wait(), SIGNAL_WAIT)
-        except TimeoutError:
-            pass
-        if self.pgid is not None:
-            await self._shell.kill([self.pgid], signal)
+        pgid = await known_pgid(self._parser)
+        if pgid is not None:
+            await self._shell.kill([pgid], signal)
         if signal == "KILL":
             self.killed()
 

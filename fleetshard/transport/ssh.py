@@ -32,6 +32,7 @@ from .base import (
     OutputTarget,
     ProcessResult,
     kill_script,
+    known_pgid,
     new_token,
     pump,
     settle,
@@ -226,12 +227,9 @@ class SshProcess:
         self._proc.close()
 
     async def signal_group(self, signal: str) -> None:
-        try:
-            await asyncio.wait_for(self._parser.pgid_seen.wait(), SIGNAL_WAIT)
-        except TimeoutError:
-            pass
-        if self.pgid is not None:
-            await self._conn.owner.kill_groups([self.pgid], signal)
+        pgid = await known_pgid(self._parser)
+        if pgid is not None:
+            await self._conn.owner.kill_groups([pgid], signal)
 
 
 def _transient(exc: BaseException) -> bool:
