@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from .context import RunContext
 from .errors import ConnectError
@@ -25,6 +26,7 @@ from .transport import RemoteProcess
 from .transport.base import ProcessResult
 from .warm import BatchResult, WarmWorker, WorkerError, describe_end, pool_of
 
+_T = TypeVar("_T")
 DOWNLOAD_TIMEOUT = 300.0   # seconds a JUnit download may take before the machine is checked for life
 
 
@@ -218,19 +220,9 @@ class Attempt:
         pool = pool_of(h)
         if self.cancel_reason is not None:
             raise _NotStarted
-        acquiring = asyncio.ensure_future(pool.acquire())
-        cancelled = asyncio.ensure_future(self.cancelled.wait())
         try:
-            await asyncio.wait({acquiring, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-        if not acquiring.done() or self.cancel_reason is not None:
-            # the worker it was starting serves the machine's next shard
-            acquiring.add_done_callback(
-                lambda t: pool.release(t.result()) if not t.cancelled() and t.exception() is None else None)
-            raise _NotStarted
-        try:
-            worker = acquiring.result()
+            # cancelled first: the worker it was starting serves the machine's next shard
+            worker = await self._until_cancelled(pool.acquire(), late=pool.release)
         except WorkerError as exc:
             if exc.result is not None:
                 run.result = exc.result
@@ -240,6 +232,9 @@ class Attempt:
                     # machine's; its output is in the log
                     return Outcome.TESTS_FAILED, f"{exc}" + (f": {tail[0]}" if tail else "")
             raise ConnectError(str(exc)) from exc
+        if self.cancel_reason is not None:
+            pool.release(worker)
+            raise _NotStarted
         self.worker = worker
         worker.sink = sink
         worker.running = (shard.id, self.number)
@@ -279,17 +274,21 @@ class Attempt:
         run.result = ended
         return Outcome.INFRA_FAILED, f"the pytest worker ended{running} ({describe_end(ended)})"
 
-    async def _until_cancelled(self, step: Awaitable[str | None]) -> str | None:
-        """The machine's preparation (shared by its attempts), unless this attempt is cancelled first."""
-        prepared = asyncio.ensure_future(step)
+    async def _until_cancelled(self, step: Awaitable[_T], late: Callable[[_T], None] | None = None) -> _T:
+        """``step`` (the machine's preparation, a warm worker), unless this attempt is cancelled first.
+        Then ``step`` goes on, and ``late`` gets what it yields, if it yields anything."""
+        task = asyncio.ensure_future(step)
         cancelled = asyncio.ensure_future(self.cancelled.wait())
         try:
-            await asyncio.wait({prepared, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             cancelled.cancel()
-        if not prepared.done():
+        if not task.done():
+            if late is not None:
+                task.add_done_callback(
+                    lambda t: late(t.result()) if not t.cancelled() and t.exception() is None else None)
             raise _NotStarted
-        return prepared.result()
+        return task.result()
 
     def classify(self, result: ProcessResult, timed_out: bool) -> tuple[Outcome, str]:
         if timed_out:

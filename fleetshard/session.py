@@ -112,16 +112,15 @@ async def _prepare(ctx: RunContext, selected: Sequence[Machine], transports: Map
         # over several runs).
         calibrate = {m.name for m in selected if not m.speed and not known[m.name].certain}
         usable = await check_machines(ctx, selected, transports, calibrate, machines, connecting)
+        for h in usable:
+            h.connecting = connecting.get(h.name)
         if suite.config.workers == "warm" and not ctx.opts.dry_run:
             from .warm import warm_up
 
             # the workers' start-up (interpreter, pytest, conftest) overlaps discovery and planning
             for h in usable:
-                h.connecting = connecting.get(h.name)
                 h.warming = asyncio.ensure_future(warm_up(h))
                 h.warming.add_done_callback(lambda t: t.cancelled() or t.exception())
-        for h in usable:
-            h.connecting = connecting.get(h.name)
         estimates = estimate_speeds(list(machines), samples, declared=declared,
                                     calibrated=_calibrations(machines))
         startup = _startup(history, suite.command)
