@@ -123,15 +123,20 @@ def pytest_runtest_logreport(report):
 '''
 
 
-def test_networkx_broken_file_fails_the_run_and_only_the_flaky_test_is_rerun(
-        fleet: SshFleet, fleet_inventory: WriteInventory, workspace: Path) -> None:
-    suite = copy_suite(require(pytest_suite), workspace / "nx")
+def add_flaky_broken_and_counter(suite: RealSuite) -> None:
+    """A flaky test, a file that fails to import, and a conftest counting every test's executions."""
     tests_dir = suite.root / "networkx" / "algorithms" / "tree" / "tests"
     (tests_dir / "test_zz_flaky.py").write_text(FLAKY)
     (tests_dir / "test_broken_import.py").write_text(BROKEN)
     (suite.root / "conftest.py").write_text(COUNTER)
     for p in (tests_dir / "test_zz_flaky.py", tests_dir / "test_broken_import.py", suite.root / "conftest.py"):
         p.chmod(0o666)
+
+
+def test_networkx_broken_file_fails_the_run_and_only_the_flaky_test_is_rerun(
+        fleet: SshFleet, fleet_inventory: WriteInventory, workspace: Path) -> None:
+    suite = copy_suite(require(pytest_suite), workspace / "nx")
+    add_flaky_broken_and_counter(suite)
     inv = shared_inventory(fleet_inventory, fleet, suite, pytest_keys(suite))
     merged, report = workspace / "merged.xml", workspace / "report.json"
     res = fleetshard("run", "-i", inv, "--no-live", "--retry-failed-tests", "1", "--junit", merged,

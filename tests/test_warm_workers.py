@@ -21,7 +21,13 @@ from clihelp import fleetshard
 from fleet import SshFleet, WriteInventory
 from realsuites import RealSuite, copy_suite, pytest_suite, require
 from test_faults import interrupt_when
-from test_realsuite_runs import COUNTER, FLAKY, local_junit, outcomes, shared_inventory, workspace  # noqa: F401
+from test_realsuite_runs import (  # noqa: F401
+    add_flaky_broken_and_counter,
+    local_junit,
+    outcomes,
+    shared_inventory,
+    workspace,
+)
 
 from fleetshard.warm import _Stream
 
@@ -60,12 +66,7 @@ def test_warm_networkx_merged_junit_equals_a_local_run(fleet: SshFleet, fleet_in
 def test_warm_only_the_flaky_test_is_rerun_and_a_broken_file_fails(fleet: SshFleet, fleet_inventory: WriteInventory,
                                                                    workspace: Path) -> None:  # noqa: F811
     suite = copy_suite(require(pytest_suite), workspace / "nx")
-    tests_dir = suite.root / "networkx" / "algorithms" / "tree" / "tests"
-    (tests_dir / "test_zz_flaky.py").write_text(FLAKY)
-    (tests_dir / "test_broken_import.py").write_text("from networkx import no_such_name\n\n\ndef test_x():\n    pass\n")
-    (suite.root / "conftest.py").write_text(COUNTER)
-    for p in (tests_dir / "test_zz_flaky.py", tests_dir / "test_broken_import.py", suite.root / "conftest.py"):
-        p.chmod(0o666)
+    add_flaky_broken_and_counter(suite)
     inv = shared_inventory(fleet_inventory, fleet, suite, warm_keys(suite))
     merged, report = workspace / "merged.xml", workspace / "report.json"
     res = fleetshard("run", "-i", inv, "--no-live", "--retry-failed-tests", "1", "--junit", merged,
@@ -163,8 +164,8 @@ def test_a_hanging_test_times_out_by_name_and_leaves_nothing(fleet: SshFleet, fl
     assert fleet.wait_no_processes(10) == []
 
 
-def test_ctrl_c_during_a_warm_run_leaves_nothing_running(fleet: SshFleet, fleet_inventory: WriteInventory,
-                                                         workspace: Path) -> None:  # noqa: F811
+def slow_run(fleet_inventory: WriteInventory, workspace: Path) -> tuple[Path, Path]:  # noqa: F811
+    """Two machines and a test that touches a flag file, then sleeps: the inventory, and the flag."""
     flag = workspace / "started"
     started = f"import pathlib, time\n\ndef test_slow():\n    pathlib.Path({str(flag)!r}).touch()\n" \
               f"    time.sleep(300)\n"
@@ -173,6 +174,12 @@ def test_ctrl_c_during_a_warm_run_leaves_nothing_running(fleet: SshFleet, fleet_
     inv = fleet_inventory(root / "machines.yaml", machines=["h1", "h2"],
                           extra_machine_keys={m: {"workdir": str(root)} for m in ("h1", "h2")},
                           suite=tiny_keys(suite_python(), timeout=300))
+    return inv, flag
+
+
+def test_ctrl_c_during_a_warm_run_leaves_nothing_running(fleet: SshFleet, fleet_inventory: WriteInventory,
+                                                         workspace: Path) -> None:  # noqa: F811
+    inv, flag = slow_run(fleet_inventory, workspace)
     with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         interrupt_when(proc, flag.exists, "the slow test", 1, 2)
@@ -181,14 +188,7 @@ def test_ctrl_c_during_a_warm_run_leaves_nothing_running(fleet: SshFleet, fleet_
 
 def test_a_killed_coordinator_leaves_no_worker_running(fleet: SshFleet, fleet_inventory: WriteInventory,
                                                        workspace: Path) -> None:  # noqa: F811
-    flag = workspace / "started"
-    started = f"import pathlib, time\n\ndef test_slow():\n    pathlib.Path({str(flag)!r}).touch()\n" \
-              f"    time.sleep(300)\n"
-    root = tiny_suite(workspace / "s", {"test_slow.py": started, "test_others.py": OTHERS})
-    workspace.chmod(0o777)
-    inv = fleet_inventory(root / "machines.yaml", machines=["h1", "h2"],
-                          extra_machine_keys={m: {"workdir": str(root)} for m in ("h1", "h2")},
-                          suite=tiny_keys(suite_python(), timeout=300))
+    inv, flag = slow_run(fleet_inventory, workspace)
     with subprocess.Popen([sys.executable, "-m", "fleetshard", "run", "-i", str(inv), "--no-live"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         deadline = time.monotonic() + 60
