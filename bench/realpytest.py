@@ -162,30 +162,24 @@ def main(argv: list[str] | None = None) -> int:
                 extra_machine_keys={n: {"workdir": str(project)} for n in f.names},
                 top={"history": str(d / "history.db")})
 
-        first_runs: list[tuple[float, tuple[int, str]]] = []
-        invs = [inventory(f"fleetshard-{i}") for i in range(repeat)]
-        for inv in invs:
-            first_runs += fleetshard_rows("fleetshard, first run", inv, 1)
-        wall, (shards, got) = best(first_runs)
-        walls["fleetshard, first run"] = wall
-        rows.append([f"fleetshard, first run ({machines} machines x {args.slots} slot)", wall, shards, got])
-        again = fleetshard_rows("fleetshard, with history", invs[0], repeat)
-        wall, (shards, got) = best(again)
-        walls["fleetshard, with history"] = wall
-        rows.append([f"fleetshard, with history ({machines} machines x {args.slots} slot)", wall, shards, got])
+        def first_and_history(key: str, warm: bool) -> None:
+            """A first run on each of ``repeat`` fresh histories, then ``repeat`` runs on the first one's."""
+            invs = [inventory(f"{key}-{i}".replace(" ", "-").replace(",", ""), **({"workers": "warm"} if warm else {}))
+                    for i in range(repeat)]
+            first: list[tuple[float, tuple[int, str]]] = []
+            for inv in invs:
+                first += fleetshard_rows(f"{key}, first run", inv, 1)
+            again = fleetshard_rows(f"{key}, with history", invs[0], repeat)
+            for when, results in (("first run", first), ("with history", again)):
+                wall, (shards, got) = best(results)
+                walls[f"{key}, {when}"] = wall
+                if warm:        # one pytest per slot, started once, every file a shard of its own
+                    rows.append([f"fleetshard, warm workers, {when} ({shards} shards)", wall, workers, got])
+                else:
+                    rows.append([f"fleetshard, {when} ({machines} machines x {args.slots} slot)", wall, shards, got])
 
-        # warm workers: one pytest per slot, started once, every file a shard of its own
-        first_runs = []
-        invs = [inventory(f"fleetshard-warm-{i}", workers="warm") for i in range(repeat)]
-        for inv in invs:
-            first_runs += fleetshard_rows("fleetshard warm, first run", inv, 1)
-        wall, (shards, got) = best(first_runs)
-        walls["fleetshard warm, first run"] = wall
-        rows.append([f"fleetshard, warm workers, first run ({shards} shards)", wall, workers, got])
-        again = fleetshard_rows("fleetshard warm, with history", invs[0], repeat)
-        wall, (shards, got) = best(again)
-        walls["fleetshard warm, with history"] = wall
-        rows.append([f"fleetshard, warm workers, with history ({shards} shards)", wall, workers, got])
+        first_and_history("fleetshard", warm=False)
+        first_and_history("fleetshard warm", warm=True)
 
     shutil.rmtree(base, ignore_errors=True)
     serial = walls["serial local pytest"]
